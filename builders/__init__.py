@@ -1,0 +1,1 @@
+"""Dataset builders: each publishes a versioned dataset repo on the Hub."""

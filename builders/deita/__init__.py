@@ -1,0 +1,1 @@
+"""Deita: score, embed and select a small, diverse, high-quality instruction subset."""

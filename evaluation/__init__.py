@@ -1,0 +1,1 @@
+"""Evaluation stages: read models from the Hub, publish results to it."""

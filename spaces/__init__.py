@@ -1,0 +1,1 @@
+"""Gradio Spaces that demo published models next to their evaluation results."""

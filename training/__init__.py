@@ -1,0 +1,1 @@
+"""Training stages (SFT, DPO, LoRA, multi-stage): read datasets from the Hub, push models to it."""

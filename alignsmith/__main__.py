@@ -1,0 +1,5 @@
+import sys
+
+from alignsmith.cli import main
+
+sys.exit(main())

@@ -1,0 +1,126 @@
+"""Resumable, shardable work: long jobs write results shard by shard and pick up where they stopped.
+
+A job over N rows is cut into fixed work shards of ``shard_size`` rows. Each finished shard is one
+file, written to a temporary name and renamed into place, so a job killed at any moment leaves only
+whole shards behind. A manifest pins the job's fingerprint (inputs and settings): a work folder
+from a different job is refused instead of being silently mixed in.
+
+Shards are spread over machines (``num_machines``/``machine_index``, e.g. a Slurm array) and over
+processes on a machine (``accelerate launch``) round-robin; a merge step checks that every shard is
+present and was produced under the same fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+
+
+class ShardMismatchError(ValueError):
+    """The work folder belongs to a different job, or a shard is missing or foreign."""
+
+
+def fingerprint(settings: Any) -> str:
+    """A stable hash of JSON-serialisable job settings."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """How ``num_rows`` rows are cut into work shards and which of them this worker owns."""
+
+    num_rows: int
+    shard_size: int
+    num_machines: int = 1
+    machine_index: int = 0
+    num_processes: int = 1
+    process_index: int = 0
+
+    def __post_init__(self) -> None:
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+        if not 0 <= self.machine_index < self.num_machines:
+            raise ValueError(f"shard index {self.machine_index} is outside 0..{self.num_machines - 1}")
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_rows // self.shard_size)
+
+    def rows(self, shard: int) -> range:
+        return range(shard * self.shard_size, min(self.num_rows, (shard + 1) * self.shard_size))
+
+    def mine(self) -> list[int]:
+        """Shards for this machine, then for this process on it (round-robin at both levels)."""
+        machine = list(range(self.machine_index, self.num_shards, self.num_machines))
+        return machine[self.process_index :: self.num_processes]
+
+
+class ShardStore:
+    """A folder of finished shards for one named step of one job (e.g. ``scores``, ``embeddings``)."""
+
+    def __init__(self, root: str | Path, step: str, job_fingerprint: str, num_shards: int) -> None:
+        self.dir = Path(root) / step
+        self.fingerprint = job_fingerprint
+        self.num_shards = num_shards
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._check_manifest()
+
+    def _check_manifest(self) -> None:
+        path = self.dir / MANIFEST
+        wanted = {"fingerprint": self.fingerprint, "num_shards": self.num_shards}
+        if path.exists():
+            found = json.loads(path.read_text())
+            if found != wanted:
+                raise ShardMismatchError(
+                    f"{self.dir} holds shards of a different job ({found}, expected {wanted}); "
+                    "use another work_dir or delete this one"
+                )
+            return
+        _atomic_write(path, json.dumps(wanted).encode())
+
+    def path(self, shard: int) -> Path:
+        return self.dir / f"shard-{shard:05d}-of-{self.num_shards:05d}.npz"
+
+    def done(self, shard: int) -> bool:
+        return self.path(shard).exists()
+
+    def write(self, shard: int, **arrays: np.ndarray) -> None:
+        """Atomically store one finished shard's arrays."""
+        tmp = self.path(shard).with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path(shard))
+
+    def read(self, shard: int) -> dict[str, np.ndarray]:
+        with np.load(self.path(shard), allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+
+    def missing(self) -> list[int]:
+        return [s for s in range(self.num_shards) if not self.done(s)]
+
+    def read_all(self) -> Iterator[dict[str, np.ndarray]]:
+        """Every shard in order; refuses to merge an incomplete step."""
+        missing = self.missing()
+        if missing:
+            raise ShardMismatchError(
+                f"{self.dir}: {len(missing)} of {self.num_shards} shards are missing "
+                f"(first: {missing[:5]}); run the remaining shard indexes before merging"
+            )
+        for shard in range(self.num_shards):
+            yield self.read(shard)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

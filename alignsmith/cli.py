@@ -34,6 +34,7 @@ COMMANDS: dict[str, dict[str, Command]] = {
     "hub": {
         "serve": Command("Run the embedded Hub server in the foreground.", "alignsmith.hub.cli:serve"),
         "start": Command("Start the embedded Hub in the background (or find the running one).", "alignsmith.hub.cli:start"),
+        "stop": Command("Stop the background embedded Hub of a storage folder.", "alignsmith.hub.cli:stop"),
         "token": Command("Create an access token for the embedded Hub.", "alignsmith.hub.cli:token"),
     },
     "models": {
@@ -46,6 +47,20 @@ COMMANDS: dict[str, dict[str, Command]] = {
             "builders.convert:run",
             recipe="builders.convert:ConvertRecipe",
             example="recipes/data/hh_rlhf_pool.yaml",
+        ),
+    },
+    "deita": {
+        "build": Command(
+            "Score, embed and select a pool (resumable, sharded), then publish the dataset.",
+            "builders.deita.build:run",
+            recipe="builders.deita.recipe:DeitaRecipe",
+            example="recipes/deita/demo.yaml",
+        ),
+        "merge": Command(
+            "After a multi-machine build: check every shard is present, then select and publish.",
+            "builders.deita.build:merge",
+            recipe="builders.deita.recipe:DeitaRecipe",
+            example="recipes/deita/released_scorers.yaml",
         ),
     },
     "lineage": {
@@ -98,6 +113,8 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def run_recipe_command(cmd: Command, argv: Sequence[str]) -> Any:

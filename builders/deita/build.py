@@ -1,0 +1,327 @@
+"""``alignsmith deita build|merge``: score, embed and select a pool, then publish the dataset.
+
+The work is cut into shards (see :mod:`alignsmith.shards`): scoring and embedding write each
+finished shard to ``work_dir``, so a killed build resumes where it stopped and gives the same
+output. Under ``accelerate launch`` every process takes its share of the shards and the main process
+selects and publishes; with ``num_shards``/``shard_index`` separate machines each compute their
+part and ``deita merge`` (same recipe) checks that every shard is there before selecting.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from alignsmith.lineage import ArtifactRef, Lineage, resolve
+from alignsmith.publish import Release
+from alignsmith.recipes import to_dict
+from alignsmith.shards import ShardPlan, ShardStore, fingerprint
+from alignsmith.sources import LoadedSource, load_source
+from builders.deita.recipe import DeitaRecipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pool:
+    """The pool's valid records, its rejected rows, and what pins it."""
+
+    loaded: LoadedSource
+    records: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+    ref: ArtifactRef
+
+
+@dataclass
+class Models:
+    """Every model the build uses, pinned to a commit (or a content hash for local folders)."""
+
+    complexity: ArtifactRef
+    quality: ArtifactRef
+    embedder: ArtifactRef
+    difficulty: ArtifactRef | None
+
+    def refs(self) -> list[ArtifactRef]:
+        return [r for r in (self.complexity, self.quality, self.embedder, self.difficulty) if r is not None]
+
+
+def load_pool(recipe: DeitaRecipe) -> Pool:
+    loaded = load_source(recipe.pool)
+    converted = loaded.to_records("conversation", on_invalid=recipe.on_invalid, require_assistant=True)
+    summary = converted.summary()
+    log.info("pool %s: %d rows, %d valid, %d rejected %s", loaded.name, summary["total"], summary["converted"],
+             summary["rejected"], summary["rejected_by_reason"] or "")
+    if loaded.is_hub:
+        ref = ArtifactRef("pool", recipe.pool.path, "dataset", recipe.pool.revision, loaded.sha)
+    else:
+        ref = resolve("pool", recipe.pool.path)
+    return Pool(loaded, converted.records, converted.rejected, ref)
+
+
+def pin_models(recipe: DeitaRecipe) -> Models:
+    def pin(role: str, model: str, revision: str | None) -> ArtifactRef:
+        return resolve(role, model, "model", revision)
+
+    return Models(
+        pin("complexity_scorer", recipe.complexity_scorer.model, recipe.complexity_scorer.revision),
+        pin("quality_scorer", recipe.quality_scorer.model, recipe.quality_scorer.revision),
+        pin("embedder", recipe.embedder.model, recipe.embedder.revision),
+        pin("difficulty_model", recipe.difficulty_model, None) if recipe.difficulty_model else None,
+    )
+
+
+def _load_revision(ref: ArtifactRef) -> str | None:
+    """Load Hub models by the sha lineage recorded, so the weights are exactly the recorded ones."""
+    return ref.sha if ref.repo_type != "local" else None
+
+
+class Work:
+    """The shard stores of one build: scores, embeddings and (for perplexity/IFD) difficulty."""
+
+    def __init__(self, recipe: DeitaRecipe, pool: Pool, models: Models, process_index: int = 0, num_processes: int = 1):
+        self.plan = ShardPlan(len(pool.records), recipe.shard_size, recipe.num_shards, recipe.shard_index,
+                              num_processes, process_index)
+        ids = [r["id"] for r in pool.records]
+        base = {"pool": pool.ref.sha, "ids": fingerprint(ids), "shard_size": recipe.shard_size}
+        scoring = {**base, "complexity": [to_dict(recipe.complexity_scorer), models.complexity.sha],
+                   "quality": [to_dict(recipe.quality_scorer), models.quality.sha],
+                   "context": recipe.context, "truncation": recipe.truncation, "on_invalid": recipe.on_invalid}
+        embedding = {**base, "embedder": [to_dict(recipe.embedder), models.embedder.sha]}
+        n = self.plan.num_shards
+        self.scores = ShardStore(recipe.work_dir, "scores", fingerprint(scoring), n)
+        self.embeddings = ShardStore(recipe.work_dir, "embeddings", fingerprint(embedding), n)
+        self.difficulty = None
+        if models.difficulty is not None:
+            spec = {**base, "model": models.difficulty.repo_id, "sha": models.difficulty.sha}
+            self.difficulty = ShardStore(recipe.work_dir, "difficulty", fingerprint(spec), n)
+
+    def stores(self) -> list[ShardStore]:
+        return [s for s in (self.scores, self.embeddings, self.difficulty) if s is not None]
+
+    def complete(self) -> bool:
+        return not any(store.missing() for store in self.stores())
+
+
+def _flat(lists: Sequence[Sequence[Any]], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.zeros(len(lists) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(x) for x in lists])
+    return np.array([v for x in lists for v in x], dtype=dtype), offsets
+
+
+def _unflat(values: np.ndarray, offsets: np.ndarray) -> list[list[Any]]:
+    return [values[offsets[i] : offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
+
+
+def _errors(results: Sequence[Any]) -> dict[str, np.ndarray]:
+    fields = [r.rejection.field or "" if r.rejection else "" for r in results]
+    reasons = [str(r.rejection) if r.rejection else "" for r in results]
+    return {"error_field": np.array(fields, dtype=str), "error_reason": np.array(reasons, dtype=str)}
+
+
+def compute_shards(recipe: DeitaRecipe, pool: Pool, models: Models, work: Work) -> None:
+    """Score, embed (and measure difficulty of) every shard this worker owns that is not done yet."""
+    from tqdm.auto import tqdm
+
+    todo = [s for s in work.plan.mine() if any(not store.done(s) for store in work.stores())]
+    if not todo:
+        log.info("all %d of this worker's shards are already done", len(work.plan.mine()))
+        return
+    log.info("computing %d shard(s) of %d rows (%d already done)", len(todo), recipe.shard_size,
+             len(work.plan.mine()) - len(todo))
+    workers = _Workers(recipe, models)
+    on_error = "reject" if recipe.on_invalid == "reject" else "error"
+    for shard in tqdm(todo, desc="deita shards", unit="shard"):
+        rows = work.plan.rows(shard)
+        records = pool.records[rows.start : rows.stop]
+        index = np.arange(rows.start, rows.stop, dtype=np.int64)
+        if not work.scores.done(shard):
+            complexity = workers.complexity().score_records(records, on_error=on_error)
+            quality = workers.quality().score_records(records, on_error=on_error)
+            merged = [c if c.rejection else q for c, q in zip(complexity, quality)]
+            c_vals, c_off = _flat([c.scores for c in complexity], np.float64)
+            q_vals, q_off = _flat([q.scores for q in quality], np.float64)
+            c_trunc, _ = _flat([c.truncated for c in complexity], bool)
+            q_trunc, _ = _flat([q.truncated for q in quality], bool)
+            work.scores.write(shard, row=index, complexity=c_vals, complexity_offsets=c_off, complexity_truncated=c_trunc,
+                              quality=q_vals, quality_offsets=q_off, quality_truncated=q_trunc, **_errors(merged))
+        if not work.embeddings.done(shard):
+            emb = workers.embedder().embed_records(records)
+            vectors = emb.vectors.astype(recipe.embedder.storage_dtype, copy=False)
+            work.embeddings.write(shard, row=index, vectors=vectors, truncated=emb.truncated)
+        if work.difficulty is not None and not work.difficulty.done(shard):
+            diff = workers.difficulty().score_records(records, on_error=on_error)
+            work.difficulty.write(shard, row=index, perplexity=np.array([d.perplexity for d in diff]),
+                                  ifd=np.array([d.ifd for d in diff]), **_errors(diff))
+
+
+class _Workers:
+    """Models load lazily: a resumed build whose scores are done never loads the scorers."""
+
+    def __init__(self, recipe: DeitaRecipe, models: Models) -> None:
+        self.recipe, self.models, self._cache = recipe, models, {}
+
+    def _get(self, key: str, make) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def _scorer(self, kind: str, spec, ref: ArtifactRef):
+        from builders.deita.scoring import DeitaScorer
+
+        return DeitaScorer(spec.model, kind, revision=_load_revision(ref) or spec.revision, dtype=spec.dtype,
+                           batch_size=spec.batch_size, max_length=spec.max_length, truncation=self.recipe.truncation,
+                           context=self.recipe.context, digit_token_ids=spec.digit_token_ids)
+
+    def complexity(self):
+        return self._get("complexity", lambda: self._scorer("complexity", self.recipe.complexity_scorer, self.models.complexity))
+
+    def quality(self):
+        return self._get("quality", lambda: self._scorer("quality", self.recipe.quality_scorer, self.models.quality))
+
+    def embedder(self):
+        from builders.deita.embedding import CausalLMEmbedder, SentenceTransformerEmbedder
+
+        spec, revision = self.recipe.embedder, _load_revision(self.models.embedder) or self.recipe.embedder.revision
+        if spec.kind == "causal_lm":
+            make = lambda: CausalLMEmbedder(spec.model, revision=revision, dtype=spec.dtype, batch_size=spec.batch_size,  # noqa: E731
+                                            max_length=spec.max_length, only_answer=spec.only_answer)
+        else:
+            make = lambda: SentenceTransformerEmbedder(spec.model, revision=revision, batch_size=spec.batch_size,  # noqa: E731
+                                                       only_answer=spec.only_answer)
+        return self._get("embedder", make)
+
+    def difficulty(self):
+        from builders.deita.difficulty import DifficultyScorer
+
+        return self._get("difficulty", lambda: DifficultyScorer(self.recipe.difficulty_model,
+                                                                revision=_load_revision(self.models.difficulty)))
+
+
+@dataclass
+class Merged:
+    """Every shard's results, concatenated in pool order."""
+
+    complexity: list[list[float]]
+    quality: list[list[float]]
+    complexity_truncated: list[list[bool]]
+    quality_truncated: list[list[bool]]
+    error_field: np.ndarray
+    error_reason: np.ndarray
+    embeddings: np.ndarray
+    embedding_truncated: np.ndarray
+    perplexity: np.ndarray | None
+    ifd: np.ndarray | None
+
+
+def merge_shards(work: Work, n_rows: int) -> Merged:
+    def concat(store: ShardStore) -> dict[str, list[np.ndarray]]:
+        parts: dict[str, list[np.ndarray]] = {}
+        for shard in store.read_all():
+            for key, value in shard.items():
+                parts.setdefault(key, []).append(value)
+        rows = np.concatenate(parts["row"])
+        if not np.array_equal(rows, np.arange(n_rows)):
+            raise ValueError(f"{store.dir}: shards do not cover rows 0..{n_rows - 1} exactly once")
+        return parts
+
+    s = concat(work.scores)
+    per_turn = {}
+    for kind in ("complexity", "quality"):
+        lists, truncs = [], []
+        for values, offsets, trunc in zip(s[kind], s[f"{kind}_offsets"], s[f"{kind}_truncated"]):
+            lists += _unflat(values, offsets)
+            truncs += [[bool(t) for t in x] for x in _unflat(trunc, offsets)]
+        per_turn[kind], per_turn[f"{kind}_truncated"] = lists, truncs
+    e = concat(work.embeddings)
+    d = concat(work.difficulty) if work.difficulty is not None else None
+    error_field, error_reason = np.concatenate(s["error_field"]), np.concatenate(s["error_reason"])
+    if d is not None:  # a row the difficulty model cannot score is rejected too
+        d_field, d_reason = np.concatenate(d["error_field"]), np.concatenate(d["error_reason"])
+        take = (error_reason == "") & (d_reason != "")
+        error_field, error_reason = np.where(take, d_field, error_field), np.where(take, d_reason, error_reason)
+    return Merged(
+        **per_turn,
+        error_field=error_field,
+        error_reason=error_reason,
+        embeddings=np.concatenate(e["vectors"]),
+        embedding_truncated=np.concatenate(e["truncated"]),
+        perplexity=np.concatenate(d["perplexity"]) if d else None,
+        ifd=np.concatenate(d["ifd"]) if d else None,
+    )
+
+
+def _state():
+    """accelerate's process state (one process unless started with ``accelerate launch``)."""
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def run(recipe: DeitaRecipe) -> Release | None:
+    """``deita build``: compute this worker's shards; when all are present, select and publish."""
+    pool = load_pool(recipe)
+    models = pin_models(recipe)
+    state = _state()
+    work = Work(recipe, pool, models, state.process_index, state.num_processes)
+    compute_shards(recipe, pool, models, work)
+    state.wait_for_everyone()
+    if not work.complete():
+        missing = sorted({s for store in work.stores() for s in store.missing()})
+        log.info("shard %d/%d done; %d work shard(s) belong to other machines. When every machine has finished, "
+                 "run `alignsmith deita merge` with the same recipe.", recipe.shard_index, recipe.num_shards, len(missing))
+        return None
+    if not state.is_main_process:
+        return None
+    return select_and_publish(recipe, pool, models, work)
+
+
+def merge(recipe: DeitaRecipe) -> Release:
+    """``deita merge``: check that every shard is present and consistent, then select and publish."""
+    pool = load_pool(recipe)
+    models = pin_models(recipe)
+    return select_and_publish(recipe, pool, models, Work(recipe, pool, models))
+
+
+def select_and_publish(recipe: DeitaRecipe, pool: Pool, models: Models, work: Work) -> Release:
+    from builders.deita.publish import publish_build
+    from builders.deita.strategies import select
+
+    merged = merge_shards(work, len(pool.records))
+    valid = np.flatnonzero(merged.error_reason == "")
+    table = _selection_table(pool.records, merged, valid)
+    spec = recipe.selection
+    result = select(spec.strategy, table, budget=spec.budget, seed=spec.seed,
+                    embeddings=merged.embeddings[valid] if spec.strategy == "deita" else None,
+                    **_strategy_options(spec))
+    log.info("selected %d of %d scored rows with strategy %r", len(result.selected), len(valid), spec.strategy)
+    lineage = Lineage(command="deita build", recipe=to_dict(recipe), inputs=[pool.ref], models=models.refs())
+    return publish_build(recipe, pool, merged, valid, table, result, lineage)
+
+
+def _selection_table(records: list[dict[str, Any]], merged: Merged, valid: np.ndarray) -> dict[str, Any]:
+    def chars(record: dict[str, Any], role: str) -> int:
+        return sum(len(m["content"]) for m in record["messages"] if m["role"] == role)
+
+    table: dict[str, Any] = {
+        "id": [records[i]["id"] for i in valid],
+        "complexity_scores": [merged.complexity[i] for i in valid],
+        "quality_scores": [merged.quality[i] for i in valid],
+        "instruction_length": np.array([chars(records[i], "user") for i in valid], float),
+        "response_length": np.array([chars(records[i], "assistant") for i in valid], float),
+    }
+    if merged.perplexity is not None:
+        table["perplexity"], table["ifd"] = merged.perplexity[valid], merged.ifd[valid]
+    return table
+
+
+def _strategy_options(spec) -> dict[str, Any]:
+    """The recipe's typed selection keys, passed to the strategies that take them."""
+    from builders.deita.strategies import strategy_options
+
+    available = {"score": spec.score, "tie_order": spec.tie_order, "max_similarity": spec.max_similarity,
+                 "invalid_embeddings": spec.invalid_embeddings, "block_size": spec.block_size}
+    accepted = strategy_options(spec.strategy)
+    return {key: value for key, value in available.items() if key in accepted}

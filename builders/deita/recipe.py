@@ -1,0 +1,96 @@
+"""The Deita build recipe (``recipes/deita/*.yaml``).
+
+Kept free of heavy imports so ``alignsmith deita build --help`` is instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from alignsmith.recipes import HubRecipe, OutputRepo, RecipeError, help_text
+from alignsmith.sources import DatasetSource
+
+
+@dataclass(kw_only=True)
+class ScorerSpec:
+    model: str = help_text("Scorer repo id or local path (e.g. hkust-nlp/deita-complexity-scorer).")
+    revision: str | None = help_text("Model revision (tag, branch or sha).", default=None)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = help_text("'auto': bf16 on GPU, fp32 on CPU.", default="auto")
+    batch_size: int = help_text("Prompts per forward pass (length-sorted).", default=16)
+    max_length: int | None = help_text("Prompt token budget (default: the model's context).", default=None)
+    digit_token_ids: list[int] | None = help_text(
+        "Token ids of '1'..'6' (default: read from the scorer's tokenizer).", default=None
+    )
+
+
+@dataclass(kw_only=True)
+class EmbedderSpec:
+    kind: Literal["causal_lm", "sentence_transformers"] = help_text(
+        "'causal_lm': Deita's last-token hidden state over the vicuna_v1.1 rendering; "
+        "'sentence_transformers': any sentence-transformers model.",
+        default="causal_lm",
+    )
+    model: str = help_text("Embedding model repo id or local path.")
+    revision: str | None = help_text("Model revision.", default=None)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = help_text("Model dtype.", default="auto")
+    batch_size: int = help_text("Rows per forward pass (length-sorted).", default=8)
+    max_length: int = help_text("Token budget of the rendered conversation (right-truncated).", default=2048)
+    only_answer: bool = help_text("Embed only the assistant turns (the reference's only_answer).", default=False)
+    storage_dtype: Literal["float32", "float16"] = help_text("dtype of the stored embeddings.", default="float16")
+
+
+@dataclass(kw_only=True)
+class SelectionSpec:
+    strategy: Literal["deita", "topk", "random", "instruction_length", "response_length", "perplexity", "ifd"] = help_text(
+        "Selection strategy; 'deita' is score-first diversity-aware greedy selection.", default="deita"
+    )
+    budget: int | None = help_text("Rows to select (null: no budget).", default=6000)
+    max_similarity: float = help_text(
+        "Reject a candidate whose cosine SIMILARITY to any selected row is above this (Deita: 0.9).", default=0.9
+    )
+    score: str = help_text("How per-turn scores combine into the final score (Deita: sum_product).", default="sum_product")
+    tie_order: Literal["stable", "reference"] = help_text(
+        "'stable': ties keep pool order; 'reference': reproduce the reference's unstable pandas sort.", default="stable"
+    )
+    invalid_embeddings: Literal["accept", "reject"] = help_text(
+        "Zero-norm/NaN embeddings: 'accept' (the reference's behaviour) or 'reject'.", default="reject"
+    )
+    block_size: int = help_text("Candidates compared per matrix product (speed only; output is identical).", default=1024)
+    seed: int = help_text("Seed of the 'random' strategy.", default=0)
+
+
+@dataclass(kw_only=True)
+class DeitaRecipe(HubRecipe):
+    pool: DatasetSource = help_text("The instruction pool to select from.")
+    complexity_scorer: ScorerSpec = help_text("Complexity scorer (scores each user turn).")
+    quality_scorer: ScorerSpec = help_text("Quality scorer (scores each (user, assistant) pair).")
+    embedder: EmbedderSpec = help_text("Embedding model for the diversity filter.")
+    selection: SelectionSpec = field(default_factory=SelectionSpec)
+    difficulty_model: str | None = help_text(
+        "Causal LM for the perplexity/IFD strategies (only needed by those).", default=None
+    )
+    context: Literal["turn", "history"] = help_text(
+        "'turn': each turn scored on its own (the reference); 'history': later turns see earlier ones.", default="turn"
+    )
+    truncation: Literal["head", "error"] = help_text(
+        "Prompts over the scorer's context: 'head' keeps the start of each text and always the score cue; "
+        "'error' stops.",
+        default="head",
+    )
+    on_invalid: Literal["error", "reject"] = help_text(
+        "Malformed or unscorable rows: stop ('error') or keep them aside in the 'rejected' split.", default="reject"
+    )
+    work_dir: str = help_text("Where finished shards are kept; a rerun resumes from them.", default="runs/deita")
+    shard_size: int = help_text("Rows per work shard (the unit of resumption).", default=256)
+    num_shards: int = help_text("Split the pool across this many machines (e.g. a Slurm array).", default=1)
+    shard_index: int = help_text("Which machine this is (0-based).", default=0)
+    publish_embeddings: bool = help_text("Also publish an 'embeddings' config.", default=False)
+    output: OutputRepo = help_text("Dataset repo (and tag) to publish to.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.shard_index < self.num_shards:
+            raise RecipeError(f"shard_index {self.shard_index} must be in 0..{self.num_shards - 1}")
+        if self.selection.strategy in ("perplexity", "ifd") and not self.difficulty_model:
+            raise RecipeError(f"selection.strategy {self.selection.strategy!r} needs difficulty_model")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Iterable, Iterator, Literal, Mapping
 
 from alignsmith.cards import CardContent, Figure, dataset_card
 from alignsmith.lineage import Lineage
@@ -107,6 +108,20 @@ def to_yaml_bytes(data: Mapping[str, Any]) -> bytes:
     return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True).encode()
 
 
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """Hide datasets' per-shard map/parquet bars while writing a release (the upload keeps its own)."""
+    import datasets
+
+    was_enabled = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
 def publish_dataset(
     output: OutputRepo,
     configs: Mapping[str, Mapping[str, Any]],
@@ -123,7 +138,7 @@ def publish_dataset(
     from datasets.table import embed_table_storage
     from huggingface_hub import CommitOperationAdd
 
-    with tempfile.TemporaryDirectory(prefix="alignsmith-publish-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="alignsmith-publish-") as tmp, _quiet_datasets():
         ops = []
         for config, splits in configs.items():
             for split, ds in splits.items():

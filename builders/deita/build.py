@@ -261,17 +261,18 @@ def _state():
 
 
 def run(recipe: DeitaRecipe) -> Release | None:
-    """``deita build``: compute this worker's shards; when all are present, select and publish."""
+    """``deita build``: compute this worker's shards; on a single machine, then select and publish."""
     pool = load_pool(recipe)
     models = pin_models(recipe)
     state = _state()
     work = Work(recipe, pool, models, state.process_index, state.num_processes)
     compute_shards(recipe, pool, models, work)
     state.wait_for_everyone()
-    if not work.complete():
+    if recipe.num_shards > 1:  # machines finish in any order: publishing is merge's job alone
         missing = sorted({s for store in work.stores() for s in store.missing()})
-        log.info("shard %d/%d done; %d work shard(s) belong to other machines. When every machine has finished, "
-                 "run `alignsmith deita merge` with the same recipe.", recipe.shard_index, recipe.num_shards, len(missing))
+        log.info("machine shard %d of %d is done (%d work shard(s) still missing overall). When every machine has "
+                 "finished, run `alignsmith deita merge` with the same recipe.", recipe.shard_index, recipe.num_shards,
+                 len(missing))
         return None
     if not state.is_main_process:
         return None

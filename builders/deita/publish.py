@@ -1,8 +1,8 @@
-"""Turn a finished Deita build into the published dataset: ``scored``, ``selected``, ``embeddings``.
+"""Turn a finished Deita build into the published dataset: ``selected``, ``scored``, ``rejected``, ``embeddings``.
 
-``scored`` keeps every pool row with its per-turn scores and what selection decided about it (and
-why), plus a ``rejected`` split with every row that could not be converted or scored; ``selected``
-holds the chosen rows in selection order. Nothing is dropped without a row saying so.
+``scored`` keeps every scored pool row with its per-turn scores and what selection decided about it
+(and why); ``rejected`` keeps every row that could not be converted or scored, with the reason;
+``selected`` holds the chosen rows in selection order. Nothing is dropped without a row saying so.
 """
 
 from __future__ import annotations
@@ -138,8 +138,8 @@ def publish_build(recipe: DeitaRecipe, pool, merged, valid: np.ndarray, table: d
             "complexity_scores": datasets.List(datasets.Value("float64")),
             "quality_scores": datasets.List(datasets.Value("float64")),
             "nearest_selected_similarity": datasets.Value("float32")}))},
-        "scored": {"train": scored,
-                   "rejected": datasets.Dataset.from_list(rejected, features=_rejected_features())},
+        "scored": {"train": scored},
+        "rejected": {"train": datasets.Dataset.from_list(rejected, features=_rejected_features())},
     }
     if recipe.publish_embeddings:
         configs["embeddings"] = {"train": datasets.Dataset.from_dict(
@@ -195,8 +195,9 @@ def _card_content(recipe: DeitaRecipe, pool, merged, valid, final, result, rejec
             "- `selected`: the chosen rows in selection order, with `rank` and the similarity to the nearest row "
             "selected before each.\n"
             "- `scored`: every pool row with per-turn `complexity_scores` and `quality_scores`, truncation flags, "
-            "`final_score` and the selection decision (`selected`, `too_similar`, `not_scanned`, ...); its "
-            "`rejected` split keeps every row that could not be converted or scored, with the reason.\n"
+            "`final_score` and the selection decision (`selected`, `too_similar`, `not_scanned`, ...).\n"
+            "- `rejected`: every pool row that could not be converted or scored, with the record id, field and "
+            "reason, and the row itself as JSON.\n"
             "- `embeddings` (when published): the embedding of every scored row, by `id`."
         )},
         metadata={"task_categories": ["text-generation"]},

@@ -1,0 +1,74 @@
+"""``alignsmith data convert``: any supported dataset -> validated alignsmith records on the Hub.
+
+The published dataset's ``default`` config holds the canonical records (conversations, or trl-style
+preference pairs); its ``rejected`` config keeps every row that could not be converted, with the
+record id, field and reason, and the row itself as JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from alignsmith.publish import Release
+from alignsmith.recipes import HubRecipe, OutputRepo, help_text
+from alignsmith.sources import DatasetSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class ConvertRecipe(HubRecipe):
+    source: DatasetSource = help_text("The dataset to convert.")
+    kind: Literal["conversation", "preference"] = help_text(
+        "Record kind: 'conversation' (messages) or 'preference' (prompt/chosen/rejected).", default="conversation"
+    )
+    require_assistant: bool = help_text(
+        "Conversations must contain an assistant reply (false for prompt-only evaluation sets).", default=True
+    )
+    on_invalid: Literal["error", "reject"] = help_text(
+        "Malformed rows: stop at the first ('error') or keep them in the 'rejected' config ('reject').", default="reject"
+    )
+    config_name: str = help_text("Config name of the published records.", default="default")
+    output: OutputRepo = help_text("Dataset repo (and tag) to publish to.")
+
+
+def run(recipe: ConvertRecipe) -> Release:
+    import datasets
+
+    from alignsmith.cards import CardContent
+    from alignsmith.lineage import ArtifactRef, Lineage, resolve
+    from alignsmith.publish import publish_dataset
+    from alignsmith.recipes import to_dict
+    from alignsmith.records import conversation_features, preference_features
+    from alignsmith.sources import load_source
+
+    loaded = load_source(recipe.source)
+    result = loaded.to_records(recipe.kind, on_invalid=recipe.on_invalid, require_assistant=recipe.require_assistant)
+    summary = result.summary()
+    log.info("%s: %d rows, %d converted, %d rejected %s", loaded.name, summary["total"], summary["converted"],
+             summary["rejected"], summary["rejected_by_reason"] or "")
+    features = conversation_features() if recipe.kind == "conversation" else preference_features()
+    rejected_features = datasets.Features({name: datasets.Value("int64" if name == "row_index" else "string")
+                                           for name in ("row_index", "id", "field", "reason", "code", "raw")})
+    configs = {
+        recipe.config_name: {"train": datasets.Dataset.from_list(result.records, features=features)},
+        "rejected": {"train": datasets.Dataset.from_list(result.rejected, features=rejected_features)},
+    }
+    if loaded.is_hub:
+        ref = ArtifactRef("source", recipe.source.path, "dataset", recipe.source.revision, loaded.sha)
+    else:
+        ref = resolve("source", recipe.source.path)
+    lineage = Lineage(command="data convert", recipe=to_dict(recipe), inputs=[ref])
+    stats = {key: value for key, value in summary.items() if not isinstance(value, dict)}
+    stats.update({f"rejected: {code}": n for code, n in summary["rejected_by_reason"].items()})
+    stats.update({f"format: {name}": n for name, n in summary["formats"].items()})
+    content = CardContent(
+        title=f"{recipe.output.repo_id}",
+        summary=f"`{loaded.name}` converted to alignsmith {recipe.kind} records and validated.",
+        tags=["alignsmith-records", recipe.kind],
+        statistics=stats,
+    )
+    return publish_dataset(recipe.output, configs, content, lineage,
+                           default_config=recipe.config_name)

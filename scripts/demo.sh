@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The main job, offline: set up, start an embedded Hub under runs/demo/hub, publish a tiny scorer,
+# run the Deita builder on the bundled HH-RLHF pool, and read the published dataset back by tag.
+# Rerunning starts from scratch (runs/demo is wiped: published tags are never overwritten).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_DISABLE_TELEMETRY=1 HF_UPDATE_DOWNLOAD_COUNTS=0 GRADIO_ANALYTICS_ENABLED=False \
+       OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" TOKENIZERS_PARALLELISM=false HF_HUB_DISABLE_PROGRESS_BARS=1
+export ALIGNSMITH_HUB_ROOT="$PWD/runs/demo/hub"
+PATH="$PWD/.venv/bin:$PATH"
+
+alignsmith hub stop >/dev/null
+rm -rf runs/demo
+
+# 1. a tiny, untrained scorer published to the embedded Hub (stands in for hkust-nlp/deita-*-scorer)
+alignsmith models tiny --out runs/demo/models/tiny-scorer --hidden-size 64 --seed 0 \
+    --publish alignsmith-demo/tiny-scorer --tag v1.0.0
+
+# 2. the Deita builder: score, embed, select, publish alignsmith-demo/deita-hh-rlhf@v1.0.0
+alignsmith deita build --config recipes/deita/demo.yaml
+
+# 3. consume it as any user would
+eval "$(alignsmith hub start | tail -n 1)"
+python - <<'PY'
+from datasets import load_dataset
+from alignsmith.lineage import read_lineage
+
+selected = load_dataset("alignsmith-demo/deita-hh-rlhf", "selected", revision="v1.0.0", split="train")
+scored = load_dataset("alignsmith-demo/deita-hh-rlhf", "scored", revision="v1.0.0", split="train")
+rejected = load_dataset("alignsmith-demo/deita-hh-rlhf", "rejected", revision="v1.0.0", split="train")
+lineage, sha = read_lineage("alignsmith-demo/deita-hh-rlhf", "dataset", "v1.0.0")
+print(f"\nalignsmith-demo/deita-hh-rlhf@v1.0.0 = {sha}")
+print(f"  scored: {scored.num_rows} rows, rejected: {rejected.num_rows} rows")
+print(f"  selected: {selected.num_rows} rows; top row {selected[0]['id']!r} (final score {selected[0]['final_score']:.3f})")
+print(f"  lineage: pool {lineage.inputs[0].repo_id} sha256 {lineage.inputs[0].sha[:12]}, "
+      + ", ".join(f"{m.role} {m.repo_id}@{m.sha[:12]}" for m in lineage.models))
+PY
+echo "The embedded Hub keeps running in the background (alignsmith hub stop to stop it)."

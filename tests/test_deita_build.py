@@ -1,0 +1,165 @@
+"""End to end: `alignsmith deita build` on the embedded Hub with a tiny published scorer."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from datasets import load_dataset
+
+from alignsmith.cli import main
+from alignsmith.lineage import read_lineage
+from builders.deita.selection import select_diverse
+
+POOL_ROWS = 40
+
+
+@pytest.fixture(scope="module")
+def scorer(hub, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny") / "scorer"
+    assert main(["models", "tiny", "--out", str(folder), "--hidden-size", "128", "--seed", "3",
+                 "--publish", "deita-test/tiny-scorer", "--tag", "v1", "--hub", hub.url]) == 0
+    return "deita-test/tiny-scorer"
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    words = "alpha beta gamma delta river mountain python garden violin orbit copper lantern".split()
+    path = tmp_path_factory.mktemp("pool") / "pool.jsonl"
+    with open(path, "w") as fh:
+        for i in range(POOL_ROWS):
+            turns = []
+            for _ in range(1 + i % 3):
+                turns.append({"from": "human", "value": " ".join(rng.choice(words, 3 + i % 7)) + "?"})
+                turns.append({"from": "gpt", "value": " ".join(rng.choice(words, 5 + (i * 7) % 23)) + "."})
+            fh.write(json.dumps({"id": f"row-{i}", "conversations": turns}) + "\n")
+        fh.write(json.dumps({"id": "broken", "conversations": [{"from": "human", "value": ""}]}) + "\n")
+    return path
+
+
+def write_recipe(tmp_path, pool, scorer, hub, repo, **overrides):
+    recipe = {
+        "hub": hub.url,
+        "pool": {"path": str(pool), "format": "sharegpt"},
+        "complexity_scorer": {"model": scorer, "revision": "v1", "batch_size": 4},
+        "quality_scorer": {"model": scorer, "revision": "v1", "batch_size": 4},
+        "embedder": {"model": scorer, "revision": "v1", "max_length": 256},
+        # random tiny embedders put every pair near cosine 1; 0.999 makes the filter bite sometimes
+        "selection": {"budget": 12, "max_similarity": 0.999},
+        "work_dir": str(tmp_path / "work"),
+        "shard_size": 8,
+        "publish_embeddings": True,
+        "output": {"repo_id": repo, "tag": "v1.0.0"},
+    }
+    for key, value in overrides.items():
+        recipe[key] = value
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def load(repo, config, split="train"):
+    return load_dataset(repo, config, revision="v1.0.0", split=split)
+
+
+def test_build_publishes_scored_selected_and_lineage(tmp_path, pool, scorer, hub):
+    recipe = write_recipe(tmp_path, pool, scorer, hub, "deita-test/full")
+    assert main(["deita", "build", "--config", str(recipe)]) == 0
+
+    scored, rejected = load("deita-test/full", "scored"), load("deita-test/full", "rejected")
+    selected, embeddings = load("deita-test/full", "selected"), load("deita-test/full", "embeddings")
+    assert scored.num_rows == POOL_ROWS and rejected.num_rows == 1
+    assert rejected[0]["id"] == "broken" and rejected[0]["row_index"] == POOL_ROWS and "empty" in rejected[0]["reason"]
+    assert 1 <= selected.num_rows <= 12 and selected["rank"] == list(range(selected.num_rows))
+
+    # per-turn scores: one per (user, assistant) pair, each an expectation over 1..6
+    for row in scored:
+        n_turns = sum(m["role"] == "user" for m in row["messages"])
+        assert len(row["complexity_scores"]) == len(row["quality_scores"]) == n_turns
+        assert all(1.0 <= s <= 6.0 for s in row["complexity_scores"] + row["quality_scores"])
+        assert row["final_score"] == pytest.approx(sum(c * q for c, q in zip(row["complexity_scores"], row["quality_scores"])))
+
+    # the published selection is exactly the greedy definition applied to the published scores
+    vectors = np.array(embeddings["embedding"], dtype=np.float32)
+    expected = select_diverse(scored["final_score"], vectors, budget=12, max_similarity=0.999)
+    assert [scored[int(i)]["id"] for i in expected.selected] == selected["id"]
+    decisions = dict(zip(scored["id"], scored["selection_decision"]))
+    assert all(decisions[i] == "selected" for i in selected["id"])
+
+    lineage, sha = read_lineage("deita-test/full", "dataset", "v1.0.0")
+    scorer_sha = read_lineage(scorer, "model", "v1")[1]
+    assert {m.role: m.sha for m in lineage.models} == {
+        "complexity_scorer": scorer_sha, "quality_scorer": scorer_sha, "embedder": scorer_sha}
+    assert lineage.inputs[0].repo_type == "local" and len(lineage.inputs[0].sha) == 64
+    assert lineage.recipe["selection"]["budget"] == 12 and lineage.command == "deita build"
+
+    # a published tag is never moved
+    assert main(["deita", "build", "--config", str(recipe)]) == 1
+
+
+def _published(repo):
+    scored = load(repo, "scored")
+    return scored["id"], scored["complexity_scores"], scored["quality_scores"], load(repo, "selected")["id"]
+
+
+def test_killed_build_resumes_without_recomputing(tmp_path, pool, scorer, hub):
+    recipe = write_recipe(tmp_path, pool, scorer, hub, "deita-test/resumed", shard_size=4)
+    scores_dir = tmp_path / "work" / "scores"
+    process = subprocess.Popen([sys.executable, "-m", "alignsmith.cli", "deita", "build", "--config", str(recipe)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(scores_dir.glob("shard-*.npz"))) < 2:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in scores_dir.glob("shard-*.npz")}
+    assert 2 <= len(finished) < 10, "the build should have been killed midway"
+
+    assert main(["deita", "build", "--config", str(recipe)]) == 0
+    for name, mtime in finished.items():
+        assert (scores_dir / name).stat().st_mtime_ns == mtime, f"{name} was recomputed"
+
+    (tmp_path / "fresh").mkdir()
+    fresh = write_recipe(tmp_path / "fresh", pool, scorer, hub, "deita-test/fresh", shard_size=4)
+    assert main(["deita", "build", "--config", str(fresh)]) == 0
+    assert _published("deita-test/resumed") == _published("deita-test/fresh")
+
+
+def test_machines_split_the_pool_and_merge_checks_every_shard(tmp_path, pool, scorer, hub):
+    recipe = write_recipe(tmp_path, pool, scorer, hub, "deita-test/merged")
+    assert main(["deita", "build", "--config", str(recipe), "--num_shards", "2", "--shard_index", "0"]) == 0
+    assert main(["deita", "merge", "--config", str(recipe)]) == 1  # shard 1's rows are missing
+    assert main(["deita", "build", "--config", str(recipe), "--num_shards", "2", "--shard_index", "1"]) == 0
+    assert main(["deita", "merge", "--config", str(recipe)]) == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    single = write_recipe(other, pool, scorer, hub, "deita-test/single")
+    assert main(["deita", "build", "--config", str(single)]) == 0
+    assert _published("deita-test/merged") == _published("deita-test/single")
+
+
+def test_two_processes_give_the_same_result_as_one(tmp_path, pool, scorer, hub):
+    recipe = write_recipe(tmp_path, pool, scorer, hub, "deita-test/two-proc")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "alignsmith.cli", "deita", "build", "--config", str(recipe)]
+    done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    other = tmp_path / "one"
+    other.mkdir()
+    single = write_recipe(other, pool, scorer, hub, "deita-test/one-proc")
+    assert main(["deita", "build", "--config", str(single)]) == 0
+    assert _published("deita-test/two-proc") == _published("deita-test/one-proc")
+
+
+def test_foreign_work_dir_is_refused(tmp_path, pool, scorer, hub):
+    recipe = write_recipe(tmp_path, pool, scorer, hub, "deita-test/foreign")
+    assert main(["deita", "build", "--config", str(recipe), "--num_shards", "2", "--shard_index", "0"]) == 0
+    # same work_dir, different scorer settings: the finished shards are not this job's
+    assert main(["deita", "build", "--config", str(recipe), "--context", "history"]) == 1

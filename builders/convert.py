@@ -35,13 +35,11 @@ class ConvertRecipe(HubRecipe):
 
 
 def run(recipe: ConvertRecipe) -> Release:
-    import datasets
-
     from alignsmith.cards import CardContent
     from alignsmith.lineage import ArtifactRef, Lineage, resolve
     from alignsmith.publish import publish_dataset
     from alignsmith.recipes import to_dict
-    from alignsmith.records import conversation_features, preference_features
+    from alignsmith.records import conversation_features, dataset_from_rows, preference_features, rejected_features
     from alignsmith.sources import load_source
 
     loaded = load_source(recipe.source)
@@ -50,11 +48,9 @@ def run(recipe: ConvertRecipe) -> Release:
     log.info("%s: %d rows, %d converted, %d rejected %s", loaded.name, summary["total"], summary["converted"],
              summary["rejected"], summary["rejected_by_reason"] or "")
     features = conversation_features() if recipe.kind == "conversation" else preference_features()
-    rejected_features = datasets.Features({name: datasets.Value("int64" if name == "row_index" else "string")
-                                           for name in ("row_index", "id", "field", "reason", "code", "raw")})
     configs = {
-        recipe.config_name: {"train": datasets.Dataset.from_list(result.records, features=features)},
-        "rejected": {"train": datasets.Dataset.from_list(result.rejected, features=rejected_features)},
+        recipe.config_name: {"train": dataset_from_rows(result.records, features)},
+        "rejected": {"train": dataset_from_rows(result.rejected, rejected_features())},
     }
     if loaded.is_hub:
         ref = ArtifactRef("source", recipe.source.path, "dataset", recipe.source.revision, loaded.sha)

@@ -15,7 +15,7 @@ import numpy as np
 from alignsmith.cards import CardContent, histogram
 from alignsmith.lineage import Lineage
 from alignsmith.publish import Release, publish_dataset
-from alignsmith.records import conversation_features
+from alignsmith.records import conversation_features, dataset_from_rows, rejected_features
 from builders.deita.recipe import DeitaRecipe
 
 RECORD_COLUMNS = ("id", "source", "messages", "images")
@@ -46,13 +46,6 @@ def _scored_features():
         "perplexity": Value("float64"),
         "ifd": Value("float64"),
     })
-
-
-def _rejected_features():
-    from datasets import Features, Value
-
-    return Features({name: Value("int64" if name == "row_index" else "string")
-                     for name in ("row_index", "stage", "id", "field", "reason", "code", "raw")})
 
 
 def _decisions(result, n_valid: int, ids: list[str]) -> dict[str, np.ndarray]:
@@ -131,15 +124,15 @@ def publish_build(recipe: DeitaRecipe, pool, merged, valid: np.ndarray, table: d
                               "complexity_scores": row["complexity_scores"], "quality_scores": row["quality_scores"],
                               "nearest_selected_similarity": row["nearest_selected_similarity"]})
 
-    scored = datasets.Dataset.from_list(scored_rows, features=_scored_features())
+    scored = dataset_from_rows(scored_rows, _scored_features())
     configs: dict[str, dict[str, datasets.Dataset]] = {
-        "selected": {"train": datasets.Dataset.from_list(selected_rows, features=_features({
+        "selected": {"train": dataset_from_rows(selected_rows, _features({
             "rank": datasets.Value("int64"), "final_score": datasets.Value("float64"),
             "complexity_scores": datasets.List(datasets.Value("float64")),
             "quality_scores": datasets.List(datasets.Value("float64")),
             "nearest_selected_similarity": datasets.Value("float32")}))},
         "scored": {"train": scored},
-        "rejected": {"train": datasets.Dataset.from_list(rejected, features=_rejected_features())},
+        "rejected": {"train": dataset_from_rows(rejected, rejected_features("stage"))},
     }
     if recipe.publish_embeddings:
         configs["embeddings"] = {"train": datasets.Dataset.from_dict(

@@ -1,0 +1,88 @@
+"""The CLI as a user meets it: help everywhere, clear errors, and `data convert` end to end."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from datasets import load_dataset
+
+from alignsmith.cli import COMMANDS, main
+from alignsmith.lineage import read_lineage
+
+FIXTURES = Path(__file__).parent / "fixtures" / "formats"
+DATA = Path(__file__).parents[1] / "data" / "hh_rlhf"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alignsmith.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_top_level_and_stage_help_list_every_command():
+    top = run_cli("--help")
+    assert top.returncode == 0
+    for stage, commands in COMMANDS.items():
+        assert f"{stage}:" in top.stdout
+        stage_help = run_cli(stage, "--help")
+        assert stage_help.returncode == 0 and all(name in stage_help.stdout for name in commands)
+
+
+@pytest.mark.parametrize("stage, name", [(s, n) for s, cmds in COMMANDS.items() for n in cmds])
+def test_every_command_has_help(stage, name):
+    done = run_cli(stage, name, "--help")
+    assert done.returncode == 0, done.stderr
+    assert f"alignsmith {stage} {name}" in done.stdout
+
+
+def test_unknown_stage_command_and_recipe_key_are_clear_errors(tmp_path, capsys):
+    assert main(["nope"]) == 2 and "unknown stage 'nope'" in capsys.readouterr().err
+    assert main(["deita", "nope"]) == 2 and "unknown command" in capsys.readouterr().err
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"source": {"path": str(FIXTURES / "sharegpt.jsonl")},
+                                      "output": {"repo_id": "o/d"}, "outptu": 1}))
+    assert main(["data", "convert", "--config", str(recipe)]) == 1
+    err = capsys.readouterr().err
+    assert "unknown key 'outptu'" in err and "did you mean 'output'" in err and "Traceback" not in err
+
+
+def test_data_convert_publishes_records_and_keeps_rejected_rows(tmp_path, hub):
+    recipe = tmp_path / "convert.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "hub": hub.url,
+        "source": {"path": str(FIXTURES / "sharegpt_broken.jsonl"), "format": "sharegpt"},
+        "output": {"repo_id": "cli-test/sharegpt", "tag": "v1"},
+    }))
+    rows = sum(1 for line in (FIXTURES / "sharegpt_broken.jsonl").read_text().splitlines() if line.strip())
+    assert main(["data", "convert", "--config", str(recipe)]) == 0
+    records = load_dataset("cli-test/sharegpt", "default", revision="v1", split="train")
+    rejected = load_dataset("cli-test/sharegpt", "rejected", revision="v1", split="train")
+    assert records.num_rows + rejected.num_rows == rows and rejected.num_rows > 0
+    assert "sg-empty" in rejected["id"] and all(rejected["reason"]) and all(rejected["raw"])
+    lineage, _ = read_lineage("cli-test/sharegpt", "dataset", "v1")
+    assert lineage.command == "data convert" and lineage.recipe["source"]["format"] == "sharegpt"
+
+
+def test_data_convert_in_error_mode_names_the_record(tmp_path, hub, capsys):
+    recipe = tmp_path / "convert.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "hub": hub.url, "on_invalid": "error",
+        "source": {"path": str(FIXTURES / "sharegpt_broken.jsonl"), "format": "sharegpt"},
+        "output": {"repo_id": "cli-test/never", "tag": "v1"},
+    }))
+    assert main(["data", "convert", "--config", str(recipe)]) == 1
+    assert "record 'sg-empty' (row 0)" in capsys.readouterr().err
+
+
+def test_bundled_preferences_convert_to_trl_pairs(tmp_path, hub):
+    recipe = tmp_path / "prefs.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "hub": hub.url, "kind": "preference",
+        "source": {"path": str(DATA / "preferences.jsonl"), "format": "hh_rlhf"},
+        "output": {"repo_id": "cli-test/hh-prefs", "tag": "v1"},
+    }))
+    assert main(["data", "convert", "--config", str(recipe)]) == 0
+    prefs = load_dataset("cli-test/hh-prefs", "default", revision="v1", split="train")
+    row = prefs[0]
+    assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
+    assert row["chosen"] != row["rejected"]

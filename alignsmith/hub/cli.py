@@ -57,7 +57,9 @@ def stop(argv: Sequence[str]) -> int:
 def token(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="alignsmith hub token", description="Create an access token for the embedded Hub.")
     _root_arg(parser)
-    parser.add_argument("--name", required=True, help="What the token is for (shown in the token file).")
+    parser.add_argument("--name", required=True,
+                        help="The user the token belongs to: whoami reports it and it is the default namespace "
+                             "for new repos (letters, digits, '-', '_', '.').")
     parser.add_argument("--read", action="append", default=[], metavar="NAMESPACE",
                         help="Namespace the token may read privately ('*' for all); repeatable.")
     parser.add_argument("--write", action="append", default=[], metavar="NAMESPACE",

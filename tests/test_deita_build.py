@@ -108,8 +108,16 @@ def _published(repo):
     return scored["id"], scored["complexity_scores"], scored["quality_scores"], load(repo, "selected")["id"]
 
 
-def test_killed_build_resumes_without_recomputing(tmp_path, pool, scorer, hub):
-    recipe = write_recipe(tmp_path, pool, scorer, hub, "deita-test/resumed", shard_size=4)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, pool, scorer, hub):
+    """What one uninterrupted single-process build publishes; every other way must publish the same."""
+    recipe = write_recipe(tmp_path_factory.mktemp("reference"), pool, scorer, hub, "deita-test/reference")
+    assert main(["deita", "build", "--config", str(recipe)]) == 0
+    return _published("deita-test/reference")
+
+
+def test_killed_build_resumes_without_recomputing(tmp_path, pool, scorer, hub, reference):
+    recipe = write_recipe(tmp_path, pool, scorer, hub, "deita-test/resumed")
     scores_dir = tmp_path / "work" / "scores"
     process = subprocess.Popen([sys.executable, "-m", "alignsmith.cli", "deita", "build", "--config", str(recipe)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
@@ -119,43 +127,32 @@ def test_killed_build_resumes_without_recomputing(tmp_path, pool, scorer, hub):
     process.send_signal(signal.SIGKILL)
     process.wait()
     finished = {p.name: p.stat().st_mtime_ns for p in scores_dir.glob("shard-*.npz")}
-    assert 2 <= len(finished) < 10, "the build should have been killed midway"
+    assert 2 <= len(finished) < 5, "the build should have been killed midway"
 
     assert main(["deita", "build", "--config", str(recipe)]) == 0
     for name, mtime in finished.items():
         assert (scores_dir / name).stat().st_mtime_ns == mtime, f"{name} was recomputed"
 
-    (tmp_path / "fresh").mkdir()
-    fresh = write_recipe(tmp_path / "fresh", pool, scorer, hub, "deita-test/fresh", shard_size=4)
-    assert main(["deita", "build", "--config", str(fresh)]) == 0
-    assert _published("deita-test/resumed") == _published("deita-test/fresh")
+    assert _published("deita-test/resumed") == reference
 
 
-def test_machines_split_the_pool_and_merge_checks_every_shard(tmp_path, pool, scorer, hub):
+def test_machines_split_the_pool_and_merge_checks_every_shard(tmp_path, pool, scorer, hub, reference):
     recipe = write_recipe(tmp_path, pool, scorer, hub, "deita-test/merged")
     assert main(["deita", "build", "--config", str(recipe), "--num_shards", "2", "--shard_index", "0"]) == 0
     assert main(["deita", "merge", "--config", str(recipe)]) == 1  # shard 1's rows are missing
     assert main(["deita", "build", "--config", str(recipe), "--num_shards", "2", "--shard_index", "1"]) == 0
     assert main(["deita", "merge", "--config", str(recipe)]) == 0
-    other = tmp_path / "other"
-    other.mkdir()
-    single = write_recipe(other, pool, scorer, hub, "deita-test/single")
-    assert main(["deita", "build", "--config", str(single)]) == 0
-    assert _published("deita-test/merged") == _published("deita-test/single")
+    assert _published("deita-test/merged") == reference
 
 
-def test_two_processes_give_the_same_result_as_one(tmp_path, pool, scorer, hub):
+def test_two_processes_give_the_same_result_as_one(tmp_path, pool, scorer, hub, reference):
     recipe = write_recipe(tmp_path, pool, scorer, hub, "deita-test/two-proc")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "-m", "alignsmith.cli", "deita", "build", "--config", str(recipe)]
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    other = tmp_path / "one"
-    other.mkdir()
-    single = write_recipe(other, pool, scorer, hub, "deita-test/one-proc")
-    assert main(["deita", "build", "--config", str(single)]) == 0
-    assert _published("deita-test/two-proc") == _published("deita-test/one-proc")
+    assert _published("deita-test/two-proc") == reference
 
 
 def test_foreign_work_dir_is_refused(tmp_path, pool, scorer, hub):

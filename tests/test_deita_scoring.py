@@ -263,6 +263,21 @@ def test_truncation_keeps_the_cue_cuts_the_response_first_and_flags_rows(model_d
     assert result.truncated.tolist() == [True, False]
 
 
+@pytest.mark.parametrize("keep", ["head", "tail"])
+def test_cutting_one_token_off_a_multibyte_character_still_shortens_the_text(model_dir, keep):
+    # byte-level pieces of one character share its offsets: a cut must drop the whole character
+    tok = DeitaScorer(str(model_dir), "quality").tokenizer
+    text = "“quoted words”" if keep == "head" else "“quoted words”"[::-1]
+    remaining, removed = prompts._cut(tok, text, keep, 1)
+    assert removed == 1 and len(remaining) < len(text)
+    assert text.startswith(remaining) if keep == "head" else text.endswith(remaining)
+
+    turn = prompts.Turn("Question?", "An answer that ends in a curly quote”", "i", "r")
+    full = len(prompts.encode_turn(tok, "quality", turn, "", 10_000).input_ids)
+    encoded = prompts.encode_turn(tok, "quality", turn, "", full - 1)
+    assert encoded.truncated and len(encoded.input_ids) <= full - 1
+
+
 def test_history_is_cut_from_its_oldest_end_before_the_instruction(model_dir):
     tok = DeitaScorer(str(model_dir), "complexity").tokenizer
     history = "".join(f"User: old{i}\nAssistant: reply{i}\n" for i in range(60))

@@ -168,9 +168,12 @@ def _cut(tokenizer: PreTrainedTokenizerBase, text: str, keep: Literal["head", "t
     kept = len(offsets) - removed
     if kept == 0:
         return "", removed
+    # Cut at the first removed token's start (or after the last removed token's end), not at the
+    # kept neighbour's edge: byte-level pieces of one character share its offsets, and cutting at
+    # the neighbour's edge would leave that character, and the string, unchanged.
     if keep == "head":
-        return text[: offsets[kept - 1][1]], removed
-    return text[offsets[removed][0] :], removed
+        return text[: offsets[kept][0]], removed
+    return text[offsets[removed - 1][1] :], removed
 
 
 def encode_turn(

@@ -144,7 +144,7 @@ def model_card(
     if content.license:
         metadata["license"] = content.license
     metadata["tags"] = sorted({"alignsmith", *content.tags})
-    datasets = [r.repo_id for r in lineage.inputs if r.repo_type == "dataset"]
+    datasets = list(dict.fromkeys(r.repo_id for r in lineage.inputs if r.repo_type == "dataset"))
     if datasets:
         metadata["datasets"] = datasets
     if eval_results:

@@ -63,6 +63,32 @@ COMMANDS: dict[str, dict[str, Command]] = {
             example="recipes/deita/released_scorers.yaml",
         ),
     },
+    "train": {
+        "sft": Command(
+            "Supervised fine-tuning (full or LoRA) on published datasets; pushes the model with its card.",
+            "training.train:run",
+            recipe="training.recipes:SFTRecipe",
+            example="recipes/train/tiny_sft.yaml",
+        ),
+        "dpo": Command(
+            "Direct preference optimisation on published preference data; pushes the model.",
+            "training.train:run",
+            recipe="training.recipes:DPORecipe",
+            example="recipes/train/tiny_dpo.yaml",
+        ),
+        "run": Command(
+            "A multi-stage run (e.g. SFT then DPO, or the U-shaped schedule), each stage reading the last.",
+            "training.pipeline:run",
+            recipe="training.recipes:PipelineRecipe",
+            example="recipes/train/tiny_sft_then_dpo.yaml",
+        ),
+        "preferences": Command(
+            "Mix, validate and publish a DPO preference dataset from published sets.",
+            "training.preferences:run",
+            recipe="training.preferences:PreferencesRecipe",
+            example="recipes/train/tiny_preferences.yaml",
+        ),
+    },
     "lineage": {
         "show": Command("Print the lineage recorded in a published artifact's card.", "alignsmith.lineage:cli"),
     },

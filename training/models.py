@@ -1,0 +1,128 @@
+"""The model a run starts from, pinned to a commit, and which of its parameters train.
+
+A base may be a full model or a LoRA adapter (a previous stage's release); an adapter is merged
+into its own base on load, so every stage trains plain weights and the lineage records both the
+adapter and the base under it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignsmith.lineage import ArtifactRef, resolve
+from alignsmith.recipes import RecipeError
+
+from training.recipes import ModelRef
+
+log = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+class BaseModelError(ValueError):
+    """A base model that cannot be found or loaded; the message names it and its revision."""
+
+
+@dataclass
+class BaseModel:
+    model: Any  # transformers PreTrainedModel
+    tokenizer: Any  # PreTrainedTokenizerBase
+    ref: ArtifactRef  # what the recipe named, pinned
+    was_adapter: bool  # a LoRA adapter merged into its base on load
+    card_base_model: str | None  # Hub id for the card's `base_model` (None for a local folder)
+    ancestors: list[ArtifactRef] = field(default_factory=list)  # the adapter's own base, when merged
+
+
+def pin(ref: ModelRef) -> ArtifactRef:
+    """The base model's commit sha (or a local folder's content hash); clear errors when it is missing."""
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    describe = f"base_model {ref.path!r}" + (f" (revision {ref.revision!r})" if ref.revision else "")
+    if Path(ref.path).expanduser().exists():
+        if ref.revision is not None:
+            raise BaseModelError(f"{describe}: revision applies only to Hub repos, and this is a local folder")
+        return resolve("base_model", str(Path(ref.path).expanduser()), "model")
+    try:
+        return resolve("base_model", ref.path, "model", ref.revision)
+    except RevisionNotFoundError:
+        raise BaseModelError(f"{describe}: the repo has no such revision") from None
+    except RepositoryNotFoundError:
+        raise BaseModelError(f"{describe}: no such model repo (or no access with the current token)") from None
+    except (HfHubHTTPError, OSError, ValueError) as err:
+        raise BaseModelError(f"{describe}: cannot resolve: {err}") from None
+
+
+def load_base_model(ref: ModelRef) -> BaseModel:
+    """Load the pinned base (merging a LoRA adapter into its base) and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    artifact = pin(ref)
+    location = artifact.repo_id
+    revision = artifact.sha if artifact.repo_type == "model" else None
+    load_kwargs = {"dtype": getattr(torch, ref.dtype), "attn_implementation": ref.attn_implementation}
+    ancestors: list[ArtifactRef] = []
+    was_adapter = _is_adapter(location, revision)
+    try:
+        if was_adapter:
+            model, base = _merged_adapter(location, revision, load_kwargs)
+            ancestors.append(base)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(location, revision=revision, **load_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
+    except (OSError, ValueError) as err:
+        raise BaseModelError(f"base_model {ref.path!r} @ {artifact.sha}: cannot load: {err}") from None
+    card_base = ref.path if artifact.repo_type == "model" else None
+    return BaseModel(model, tokenizer, artifact, was_adapter, card_base, ancestors)
+
+
+def _is_adapter(location: str, revision: str | None) -> bool:
+    if revision is None:
+        return (Path(location) / ADAPTER_CONFIG).is_file()
+    from huggingface_hub import HfApi
+
+    return HfApi().file_exists(location, ADAPTER_CONFIG, revision=revision)
+
+
+def _merged_adapter(location: str, revision: str | None, load_kwargs: dict[str, Any]) -> tuple[Any, ArtifactRef]:
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = PeftConfig.from_pretrained(location, revision=revision)
+    base_ref = resolve("adapter_base", config.base_model_name_or_path, "model", config.revision)
+    base_revision = base_ref.sha if base_ref.repo_type == "model" else None
+    base = AutoModelForCausalLM.from_pretrained(base_ref.repo_id, revision=base_revision, **load_kwargs)
+    log.info("merging LoRA adapter %s into its base %s@%s", location, base_ref.repo_id, base_ref.sha)
+    merged = PeftModel.from_pretrained(base, location, revision=revision).merge_and_unload()
+    merged.requires_grad_(True)  # peft froze the base weights while the adapter was attached
+    # the merged weights are what this run starts from; the card points at the adapter release
+    merged.name_or_path = location
+    return merged, base_ref
+
+
+def freeze_except(model: Any, substrings: list[str]) -> int:
+    """Train only parameters whose names contain one of ``substrings``; return how many elements train."""
+    matched = 0
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = any(s in name for s in substrings)
+        matched += parameter.numel() if parameter.requires_grad else 0
+    if matched == 0:
+        example = next(name for name, _ in model.named_parameters())
+        raise RecipeError(
+            f"unfrozen: no parameter name contains any of {substrings} (names look like {example!r})"
+        )
+    # with the embeddings frozen, checkpointed blocks would see inputs without grad and skip backward
+    model.enable_input_require_grads()
+    return matched
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter elements."""
+    trainable = total = 0
+    for parameter in model.parameters():
+        total += parameter.numel()
+        trainable += parameter.numel() if parameter.requires_grad else 0
+    return trainable, total

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from alignsmith import __version__
-from alignsmith.recipes import RecipeError, describe, load_recipe
+from alignsmith.recipes import describe, load_recipe
 
 log = logging.getLogger("alignsmith")
 
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             runner: Callable[[Sequence[str]], int | None] = _resolve(cmd.run)
             return int(runner(rest) or 0)
-    except (RecipeError, ValueError, FileNotFoundError, PermissionError) as err:
+    except (ValueError, OSError) as err:  # bad input and unreachable/missing resources: a message, not a traceback
         if verbose:
             raise
         print(f"alignsmith {stage} {name}: error: {err}\n(run with --verbose for the traceback)", file=sys.stderr)

@@ -23,6 +23,10 @@ RepoType = Literal["model", "dataset", "space", "local"]
 LINEAGE_KEY = "alignsmith"
 
 
+class ArtifactNotFoundError(ValueError):
+    """A model or dataset a recipe names that cannot be found (locally or on the Hub)."""
+
+
 @dataclass
 class ArtifactRef:
     """One input or model a run used, pinned so it can be fetched again exactly."""
@@ -64,8 +68,19 @@ def resolve(role: str, repo_id_or_path: str, repo_type: RepoType = "model", revi
     if path.exists():
         return ArtifactRef(role, str(path.resolve()), "local", revision, content_sha256(path))
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
 
-    info = HfApi().repo_info(repo_id_or_path, repo_type=repo_type, revision=revision)
+    try:
+        info = HfApi().repo_info(repo_id_or_path, repo_type=repo_type, revision=revision)
+    except RevisionNotFoundError:
+        raise ArtifactNotFoundError(
+            f"{role}: {repo_type} {repo_id_or_path!r} has no revision {revision!r} (no such branch, tag or commit)"
+        ) from None
+    except (HfHubHTTPError, ValueError) as err:
+        raise ArtifactNotFoundError(
+            f"{role}: {repo_type} {repo_id_or_path!r} is neither a local path nor a repo reachable on the Hub "
+            f"({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from None
     return ArtifactRef(role, repo_id_or_path, repo_type, revision, info.sha)
 
 

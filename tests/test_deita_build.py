@@ -160,3 +160,18 @@ def test_foreign_work_dir_is_refused(tmp_path, pool, scorer, hub):
     assert main(["deita", "build", "--config", str(recipe), "--num_shards", "2", "--shard_index", "0"]) == 0
     # same work_dir, different scorer settings: the finished shards are not this job's
     assert main(["deita", "build", "--config", str(recipe), "--context", "history"]) == 1
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--quality_scorer.model", "nobody/missing"], "quality_scorer: model 'nobody/missing' is neither"),
+        (["--embedder.revision", "v404"], "embedder: model 'deita-test/tiny-scorer' has no revision 'v404'"),
+        (["--pool.path", "nobody/no-pool"], "no such dataset repo"),
+    ],
+)
+def test_missing_models_and_pools_are_named_not_traced(tmp_path, pool, scorer, hub, capsys, override, message):
+    recipe = write_recipe(tmp_path, pool, scorer, hub, "deita-test/missing")
+    assert main(["deita", "build", "--config", str(recipe), *override]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

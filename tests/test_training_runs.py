@@ -356,7 +356,7 @@ EOS_OUTSIDE = tiny.CHAT_TEMPLATE.replace(
         (SFTRecipe, {"data": {"datasets": [{"path": f"{NS}/qa", "revision": "v9"}]}},
          SourceError, [f"{NS}/qa", "no such revision 'v9'"]),
         (SFTRecipe, {"base_model": {"path": f"{NS}/tiny-base", "revision": "v9"}},
-         BaseModelError, [f"{NS}/tiny-base", "'v9'", "no such revision"]),
+         BaseModelError, ["base_model", f"{NS}/tiny-base", "has no revision 'v9'"]),
         (SFTRecipe, {"base_model": {"path": f"{NS}/tiny-unmarked", "revision": "v1"}},
          ChatTemplateError, ["no {% generation %} markers", "chat_template.template"]),
         (SFTRecipe, {"chat_template": {"template": MARKS_THE_USER}},

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignsmith.lineage import ArtifactRef, resolve
+from alignsmith.lineage import ArtifactNotFoundError, ArtifactRef, resolve
 from alignsmith.recipes import RecipeError
 
 from training.recipes import ModelRef
@@ -38,21 +38,15 @@ class BaseModel:
 
 def pin(ref: ModelRef) -> ArtifactRef:
     """The base model's commit sha (or a local folder's content hash); clear errors when it is missing."""
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    describe = f"base_model {ref.path!r}" + (f" (revision {ref.revision!r})" if ref.revision else "")
     if Path(ref.path).expanduser().exists():
         if ref.revision is not None:
-            raise BaseModelError(f"{describe}: revision applies only to Hub repos, and this is a local folder")
+            raise BaseModelError(f"base_model {ref.path!r} (revision {ref.revision!r}): revision applies only to "
+                                 "Hub repos, and this is a local folder")
         return resolve("base_model", str(Path(ref.path).expanduser()), "model")
     try:
         return resolve("base_model", ref.path, "model", ref.revision)
-    except RevisionNotFoundError:
-        raise BaseModelError(f"{describe}: the repo has no such revision") from None
-    except RepositoryNotFoundError:
-        raise BaseModelError(f"{describe}: no such model repo (or no access with the current token)") from None
-    except (HfHubHTTPError, OSError, ValueError) as err:
-        raise BaseModelError(f"{describe}: cannot resolve: {err}") from None
+    except ArtifactNotFoundError as err:
+        raise BaseModelError(str(err)) from None
 
 
 def load_base_model(ref: ModelRef) -> BaseModel:

@@ -222,6 +222,9 @@ class OutputRepo:
     tag: str | None = help_text("Version tag for this release (e.g. 'v1.0.0'); an existing tag is never moved.", default=None)
     private: bool = help_text("Create the repo as private.", default=False)
     branch: str = help_text("Branch to commit to.", default="main")
+    license: str | None = help_text(
+        "License in the card (e.g. apache-2.0); a dataset's should respect its sources' licenses.", default=None
+    )
 
     def __post_init__(self) -> None:
         if self.repo_id.count("/") != 1 or not all(self.repo_id.split("/")):

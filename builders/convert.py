@@ -63,6 +63,7 @@ def run(recipe: ConvertRecipe) -> Release:
     content = CardContent(
         title=f"{recipe.output.repo_id}",
         summary=f"`{loaded.name}` converted to alignsmith {recipe.kind} records and validated.",
+        license=recipe.output.license,
         tags=["alignsmith-records", recipe.kind],
         statistics=stats,
     )

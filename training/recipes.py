@@ -121,7 +121,6 @@ class ModelOutput(OutputRepo):
     merged: bool = help_text(
         "With LoRA: publish merged full weights at the repo root (the adapter goes under adapter/).", default=False
     )
-    license: str | None = help_text("License for the model card (e.g. apache-2.0).", default=None)
 
 
 @dataclass(kw_only=True)

@@ -181,6 +181,7 @@ def _card_content(recipe: DeitaRecipe, pool, merged, valid, final, result, rejec
             f"a candidate is rejected when its cosine similarity to an already selected row is above "
             f"{recipe.selection.max_similarity})."
         ),
+        license=recipe.output.license,
         tags=["deita", "data-selection", "instruction-tuning"],
         statistics=stats,
         figures=figures,

@@ -132,7 +132,7 @@ def compute_shards(recipe: DeitaRecipe, pool: Pool, models: Models, work: Work) 
     log.info("computing %d shard(s) of %d rows (%d already done)", len(todo), recipe.shard_size,
              len(work.plan.mine()) - len(todo))
     workers = _Workers(recipe, models)
-    on_error = "reject" if recipe.on_invalid == "reject" else "error"
+    on_error = recipe.on_invalid
     for shard in tqdm(todo, desc="deita shards", unit="shard"):
         rows = work.plan.rows(shard)
         records = pool.records[rows.start : rows.stop]
@@ -210,10 +210,50 @@ class Merged:
     quality_truncated: list[list[bool]]
     error_field: np.ndarray
     error_reason: np.ndarray
-    embeddings: np.ndarray
+    embeddings: np.ndarray  # memory-mapped [rows, dim]
     embedding_truncated: np.ndarray
     perplexity: np.ndarray | None
     ifd: np.ndarray | None
+
+
+class RowSubset:
+    """Rows ``rows`` of a (memory-mapped) matrix, read only when indexed: selection reads block by block,
+    so a 300K x 4096 pool never has to be copied into memory."""
+
+    def __init__(self, matrix: np.ndarray, rows: np.ndarray) -> None:
+        self.matrix, self.rows = matrix, rows
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.rows), self.matrix.shape[1]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return self.matrix[self.rows[index]]
+
+
+def _check_rows(store: ShardStore, rows: np.ndarray, n_rows: int) -> None:
+    if not np.array_equal(rows, np.arange(n_rows)):
+        raise ValueError(f"{store.dir}: shards do not cover rows 0..{n_rows - 1} exactly once")
+
+
+def _merge_embeddings(store: ShardStore, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """All shards' vectors in one ``.npy`` next to them, memory-mapped; and the truncation flags."""
+    matrix = None
+    truncated, rows = [], []
+    start = 0
+    for shard in store.read_all():
+        vectors = shard["vectors"]
+        if matrix is None:
+            matrix = np.lib.format.open_memmap(store.dir / "merged.npy", mode="w+", dtype=vectors.dtype,
+                                               shape=(n_rows, vectors.shape[1]))
+        matrix[start : start + len(vectors)] = vectors
+        start += len(vectors)
+        truncated.append(shard["truncated"])
+        rows.append(shard["row"])
+    _check_rows(store, np.concatenate(rows), n_rows)
+    matrix.flush()
+    del matrix
+    return np.load(store.dir / "merged.npy", mmap_mode="r"), np.concatenate(truncated)
 
 
 def merge_shards(work: Work, n_rows: int) -> Merged:
@@ -222,9 +262,7 @@ def merge_shards(work: Work, n_rows: int) -> Merged:
         for shard in store.read_all():
             for key, value in shard.items():
                 parts.setdefault(key, []).append(value)
-        rows = np.concatenate(parts["row"])
-        if not np.array_equal(rows, np.arange(n_rows)):
-            raise ValueError(f"{store.dir}: shards do not cover rows 0..{n_rows - 1} exactly once")
+        _check_rows(store, np.concatenate(parts["row"]), n_rows)
         return parts
 
     s = concat(work.scores)
@@ -235,7 +273,7 @@ def merge_shards(work: Work, n_rows: int) -> Merged:
             lists += _unflat(values, offsets)
             truncs += [[bool(t) for t in x] for x in _unflat(trunc, offsets)]
         per_turn[kind], per_turn[f"{kind}_truncated"] = lists, truncs
-    e = concat(work.embeddings)
+    embeddings, embedding_truncated = _merge_embeddings(work.embeddings, n_rows)
     d = concat(work.difficulty) if work.difficulty is not None else None
     error_field, error_reason = np.concatenate(s["error_field"]), np.concatenate(s["error_reason"])
     if d is not None:  # a row the difficulty model cannot score is rejected too
@@ -246,8 +284,8 @@ def merge_shards(work: Work, n_rows: int) -> Merged:
         **per_turn,
         error_field=error_field,
         error_reason=error_reason,
-        embeddings=np.concatenate(e["vectors"]),
-        embedding_truncated=np.concatenate(e["truncated"]),
+        embeddings=embeddings,
+        embedding_truncated=embedding_truncated,
         perplexity=np.concatenate(d["perplexity"]) if d else None,
         ifd=np.concatenate(d["ifd"]) if d else None,
     )
@@ -295,7 +333,7 @@ def select_and_publish(recipe: DeitaRecipe, pool: Pool, models: Models, work: Wo
     table = _selection_table(pool.records, merged, valid)
     spec = recipe.selection
     result = select(spec.strategy, table, budget=spec.budget, seed=spec.seed,
-                    embeddings=merged.embeddings[valid] if spec.strategy == "deita" else None,
+                    embeddings=RowSubset(merged.embeddings, valid) if spec.strategy == "deita" else None,
                     **_strategy_options(spec))
     log.info("selected %d of %d scored rows with strategy %r", len(result.selected), len(valid), spec.strategy)
     lineage = Lineage(command="deita build", recipe=to_dict(recipe), inputs=[pool.ref], models=models.refs())

@@ -73,6 +73,19 @@ def _decisions(result, n_valid: int, ids: list[str]) -> dict[str, np.ndarray]:
     }
 
 
+def _embeddings_dataset(ids: list[str], matrix: np.ndarray, valid: np.ndarray):
+    """``id`` + fixed-length ``embedding`` columns built from Arrow buffers, never from Python lists."""
+    import datasets
+    import pyarrow as pa
+
+    vectors = np.ascontiguousarray(matrix[valid])
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+    features = datasets.Features({"id": datasets.Value("string"),
+                                  "embedding": datasets.List(datasets.Value(str(vectors.dtype)), length=vectors.shape[1])})
+    return datasets.Dataset(datasets.table.InMemoryTable(pa.table({"id": ids, "embedding": column})),
+                            info=datasets.DatasetInfo(features=features))
+
+
 def _final_scores(table: dict[str, Any], recipe: DeitaRecipe) -> np.ndarray:
     from builders.deita.selection import combine_scores
 
@@ -135,10 +148,7 @@ def publish_build(recipe: DeitaRecipe, pool, merged, valid: np.ndarray, table: d
         "rejected": {"train": dataset_from_rows(rejected, rejected_features("stage"))},
     }
     if recipe.publish_embeddings:
-        configs["embeddings"] = {"train": datasets.Dataset.from_dict(
-            {"id": ids, "embedding": merged.embeddings[valid].tolist()},
-            features=datasets.Features({"id": datasets.Value("string"),
-                                        "embedding": datasets.List(datasets.Value(recipe.embedder.storage_dtype))}))}
+        configs["embeddings"] = {"train": _embeddings_dataset(ids, merged.embeddings, valid)}
 
     content = _card_content(recipe, pool, merged, valid, final, result, rejected)
     return publish_dataset(recipe.output, configs, content, lineage, default_config="selected")

@@ -175,3 +175,24 @@ def test_missing_models_and_pools_are_named_not_traced(tmp_path, pool, scorer, h
     assert main(["deita", "build", "--config", str(recipe), *override]) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("strategy", ["ifd", "random", "response_length"])
+def test_baseline_strategies_publish_their_selection(tmp_path, pool, scorer, hub, strategy):
+    repo = f"deita-test/{strategy.replace('_', '-')}"
+    recipe = write_recipe(tmp_path, pool, scorer, hub, repo, difficulty_model=scorer,
+                          selection={"strategy": strategy, "budget": 5, "seed": 1})
+    assert main(["deita", "build", "--config", str(recipe)]) == 0
+    scored, selected = load(repo, "scored"), load(repo, "selected")
+    assert selected.num_rows == 5 and all(v is not None and v > 0 for v in scored["perplexity"])
+    by_id = {row["id"]: row for row in scored}
+    chosen = [by_id[i] for i in selected["id"]]
+    assert all(row["selection_decision"] == "selected" for row in chosen)
+    if strategy == "ifd":
+        ifd = [row["ifd"] for row in chosen]
+        assert ifd == sorted(ifd, reverse=True) and ifd[0] == max(scored["ifd"])
+    if strategy == "response_length":
+        lengths = [sum(len(m["content"]) for m in row["messages"] if m["role"] == "assistant") for row in chosen]
+        assert lengths == sorted(lengths, reverse=True)
+    lineage, _ = read_lineage(repo, "dataset", "v1.0.0")
+    assert "difficulty_model" in {m.role for m in lineage.models}

@@ -13,6 +13,9 @@ Turn order, checked by :func:`validate_conversation` and for a preference prompt
 * a conversation with no ``assistant`` message at all (an evaluation prompt set such as MT-Bench)
   may hold several ``user`` turns in a row: the replies are generated between them.
 
+A preference prompt ends with a ``user`` turn, and ``chosen`` and ``rejected`` are one ``assistant``
+turn each, so the prompt followed by either answer is itself a valid conversation.
+
 Every message content is a non-empty string (whitespace only counts as empty). An image is referred
 to in content by the placeholder ``<image>``, one per image, in the order of ``images``. Images are
 normalised to ``datasets.Image``'s storage (``{"bytes", "path"}``) and decoded once, so a broken
@@ -156,7 +159,7 @@ def type_name(value: object) -> str:
         return "a number"
     if isinstance(value, str):
         return "a string"
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list):
         return "a list"
     if isinstance(value, Mapping):
         return "an object"
@@ -214,8 +217,8 @@ _FOLLOWS: dict[str | None, tuple[str, ...]] = {
 }
 
 
-def _check_turn_order(messages: Sequence[Message], ref: RecordRef, field: str) -> None:
-    prompt_only = all(m["role"] != "assistant" for m in messages)
+def _check_turn_order(messages: Sequence[Message], ref: RecordRef, field: str, *, prompt_only: bool) -> None:
+    """``prompt_only``: an evaluation prompt set, whose consecutive user turns get replies in between."""
     previous: str | None = None
     for i, message in enumerate(messages):
         role = message["role"]
@@ -273,6 +276,8 @@ def _load_image(value: object, ref: RecordRef, field: str, image_root: str | os.
                     field, f"an image needs bytes or a path, got path {type_name(value.get('path'))}", "missing_field"
                 )
             value = {"bytes": None, "path": _resolve(value["path"], image_root)}
+        elif not isinstance(value["bytes"], (bytes, bytearray)):
+            raise ref.error(field, f"expected image bytes, got {type_name(value['bytes'])}", "wrong_type")
     elif not isinstance(value, (bytes, bytearray, PIL.Image.Image)):
         raise ref.error(field, f"expected an image path, bytes or image object, got {type_name(value)}", "wrong_type")
     encoded = Image().encode_example(value)
@@ -320,8 +325,9 @@ def validate_conversation(
     ref = ref or RecordRef(_display_id(record))
     record_id, source = _check_identity(record, ref)
     messages = _check_messages(record.get("messages"), ref, "messages")
-    _check_turn_order(messages, ref, "messages")
-    if require_assistant and all(m["role"] != "assistant" for m in messages):
+    prompt_only = all(m["role"] != "assistant" for m in messages)
+    _check_turn_order(messages, ref, "messages", prompt_only=prompt_only)
+    if require_assistant and prompt_only:
         raise ref.error("messages", "no assistant message (a training record needs at least one reply)", "no_assistant")
     images = _check_images(record.get("images"), ref, [m["content"] for m in messages], image_root)
     return {"id": record_id, "source": source, "messages": messages, "images": images}
@@ -333,11 +339,15 @@ def validate_preference(
     ref: RecordRef | None = None,
     image_root: str | os.PathLike[str] | None = None,
 ) -> Preference:
-    """Check a preference record: a prompt ending with a user turn, then assistant-only chosen/rejected."""
+    """Check a preference record: a prompt ending with a user turn, then one assistant turn each as chosen/rejected.
+
+    Prompt + either answer must be a valid conversation: SFT trains on prompt + chosen, and DPO
+    renders both through the chat template.
+    """
     ref = ref or RecordRef(_display_id(record))
     record_id, source = _check_identity(record, ref)
     prompt = _check_messages(record.get("prompt"), ref, "prompt")
-    _check_turn_order(prompt, ref, "prompt")
+    _check_turn_order(prompt, ref, "prompt", prompt_only=False)  # answered once, after its last turn
     if prompt[-1]["role"] != "user":
         raise ref.error(
             f"prompt[{len(prompt) - 1}].role",
@@ -350,6 +360,9 @@ def validate_preference(
         for i, message in enumerate(answers[side]):
             if message["role"] != "assistant":
                 raise ref.error(f"{side}[{i}].role", f"expected 'assistant', got {message['role']!r}", "role_order")
+        if len(answers[side]) > 1:
+            reason = "'assistant' cannot follow 'assistant': an answer is one assistant turn"
+            raise ref.error(f"{side}[1].role", reason, "role_order")
     texts = [m["content"] for part in (prompt, answers["chosen"], answers["rejected"]) for m in part]
     images = _check_images(record.get("images"), ref, texts, image_root)
     return {

@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -146,7 +146,7 @@ def load_source(src: DatasetSource) -> LoadedSource:
         raise SourceError(f"{src.describe()}: no such file or folder")
     if src.columns:
         with _explained(src, "cannot rename columns"):
-            loaded = _replace_dataset(loaded, loaded.dataset.rename_columns(src.columns))
+            loaded = replace(loaded, dataset=loaded.dataset.rename_columns(src.columns))
     return loaded
 
 
@@ -170,8 +170,16 @@ def _load_file(src: DatasetSource, path: Path) -> LoadedSource:
     with _explained(src):
         # the file is the requested split, whatever its name
         dataset = datasets.load_dataset(builder, data_files={src.split: str(path)}, split=src.split)
-    name = path.name.split(".")[0]
-    return LoadedSource(src, dataset, name, None, {path.name: _sha256(path)}, path.parent.resolve())
+    return LoadedSource(src, dataset, _file_name(path), None, {path.name: _sha256(path)}, path.parent.resolve())
+
+
+def _file_name(path: Path) -> str:
+    """The name less its data and compression suffixes: ``pool.v2.jsonl.gz`` is ``pool.v2``.
+
+    Only those suffixes go, so ``pool.v1.jsonl`` and ``pool.v2.jsonl`` keep distinct sources and ids.
+    """
+    stem = Path(path.stem) if path.suffix in _COMPRESSIONS else path
+    return stem.stem
 
 
 def _load_folder(src: DatasetSource, folder: Path) -> LoadedSource:
@@ -181,6 +189,13 @@ def _load_folder(src: DatasetSource, folder: Path) -> LoadedSource:
         data_files = datasets.load_dataset_builder(
             str(folder), name=src.config, data_files=src.data_files
         ).config.data_files
+    if src.split not in data_files:  # also a sliced split ("train[:100]"): its files could not be pinned
+        splits = ", ".join(repr(str(split)) for split in data_files)
+        raise SourceError(
+            f"{src.describe()}: the folder has no split {src.split!r} (it has {splits}); "
+            "a local folder takes a plain split name"
+        )
+    with _explained(src):
         dataset = datasets.load_dataset(str(folder), name=src.config, split=src.split, data_files=src.data_files)
     files = {str(Path(f).relative_to(folder.resolve())): _sha256(Path(f)) for f in data_files[src.split]}
     return LoadedSource(src, dataset, folder.resolve().name, None, files, folder.resolve())
@@ -197,10 +212,6 @@ def _load_hub(src: DatasetSource) -> LoadedSource:
             src.path, name=src.config, split=src.split, revision=sha, data_files=src.data_files
         )
     return LoadedSource(src, dataset, src.path, sha, {}, None)
-
-
-def _replace_dataset(loaded: LoadedSource, dataset: datasets.Dataset) -> LoadedSource:
-    return LoadedSource(loaded.source, dataset, loaded.name, loaded.sha, loaded.files, loaded.root)
 
 
 def _sha256(path: Path) -> str:

@@ -200,6 +200,29 @@ def test_hh_rlhf_message_lists_use_the_implicit_prompt():
     )
 
 
+@pytest.mark.parametrize(
+    "row, field",
+    [
+        (
+            {
+                "chosen": "\n\nHuman: Hi\n\nHuman: Anyone there?\n\nAssistant: Yes.",
+                "rejected": "\n\nHuman: Hi\n\nHuman: Anyone there?\n\nAssistant: No.",
+            },
+            "chosen",
+        ),
+        (
+            {"prompt": "Hi", "chosen": [msg("assistant", "Hello."), msg("assistant", "Hi.")], "rejected": "Go away."},
+            "chosen[1].role",
+        ),
+    ],
+)
+def test_pairs_that_are_no_valid_dialogue_are_rejected_naming_the_input_field(row, field):
+    for kind in ("preference", "conversation"):
+        with pytest.raises(RecordError) as info:
+            convert_row(row, kind=kind, source="pairs")
+        assert (info.value.field, info.value.code) == (field, "role_order"), kind
+
+
 def test_fastchat_questions_become_prompt_only_conversations():
     rows = read_rows("fastchat/mt_bench_question_sample.jsonl") + read_rows(
         "fastchat/vicuna_bench_question_sample.jsonl"

@@ -185,6 +185,62 @@ def test_crash_before_ref_update_keeps_previous_head(tmp_path, monkeypatch):
     assert list(reopened.commit(ref, head).tree) == [".gitattributes"]
 
 
+def test_a_name_stays_usable_after_an_upload_raced_its_deletion(tmp_path, monkeypatch):
+    storage = HubStorage(tmp_path)
+    ref = RepoRef("model", "alice/raced")
+    storage.create_repo(ref, private=False, author="alice")
+    repo_meta = HubStorage.repo_meta
+
+    def checked_then_deleted(self: HubStorage, checked: RepoRef):
+        meta = repo_meta(self, checked)
+        monkeypatch.setattr(HubStorage, "repo_meta", repo_meta)
+        self.delete_repo(checked)  # between the upload's check and its write
+        return meta
+
+    monkeypatch.setattr(HubStorage, "repo_meta", checked_then_deleted)
+    storage.store_bytes(ref, b"a late inline upload")
+    assert storage.list_repos("model") == []
+
+    storage.create_repo(ref, private=False, author="alice")
+    assert list(storage.commit(ref, storage.resolve(ref, "main")).tree) == [".gitattributes"]
+
+
+def test_a_commit_waits_for_the_sync_that_covers_its_blobs(tmp_path, monkeypatch):
+    # Inline blobs are made durable by one os.sync per commit. A commit whose blobs a concurrent
+    # sync is still flushing must wait for it, not become visible with its blobs still in flight.
+    storage = HubStorage(tmp_path)
+    first, second = RepoRef("model", "alice/first"), RepoRef("model", "alice/second")
+    for ref in (first, second):
+        storage.create_repo(ref, private=False, author="alice")
+    before = storage.resolve(second, "main")
+    syncing, release = threading.Event(), threading.Event()
+
+    def slow_sync() -> None:
+        syncing.set()
+        release.wait(10)
+
+    monkeypatch.setattr(os, "sync", slow_sync)
+    entries = {ref: storage.store_bytes(ref, f"{ref.id} data".encode()) for ref in (first, second)}
+
+    def commit(ref: RepoRef) -> None:
+        storage.apply_commit(
+            ref, "main", [AddFile("f.txt", entries[ref])], title="t", message="", author="alice", parent_commit=None
+        )
+
+    threads = [threading.Thread(target=commit, args=(ref,)) for ref in (first, second)]
+    threads[0].start()
+    assert syncing.wait(10)  # the first commit's sync covers both blobs and is still running
+    threads[1].start()
+    threads[1].join(0.5)
+    try:
+        assert threads[1].is_alive() and storage.resolve(second, "main") == before
+    finally:
+        release.set()
+        for t in threads:
+            t.join()
+    assert storage.resolve(second, "main") != before
+
+
 def test_concurrent_commits_never_lose_an_update(hub):
     api = HfApi()
     repo = f"alice/{unique('race')}"

@@ -15,7 +15,8 @@ import pytest
 from huggingface_hub import HfApi
 
 from alignsmith.hub.auth import TokenError, admin_token, create_token
-from alignsmith.hub.local import configure_client_env, default_root, ensure_local_hub
+from alignsmith.hub import local
+from alignsmith.hub.local import HubStartError, configure_client_env, default_root, ensure_local_hub
 from alignsmith.hub.server import HubServer, HubServerError, read_state
 
 
@@ -42,6 +43,21 @@ def test_ensure_local_hub_starts_once_and_is_found_again(tmp_path):
             HubServer(tmp_path)  # one server per root
     finally:
         stop_background_hub(hub.pid, tmp_path)
+
+
+def test_a_server_that_does_not_come_up_in_time_is_killed_and_reaped(tmp_path, monkeypatch):
+    started = []
+
+    def recording_popen(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    popen = local.subprocess.Popen
+    monkeypatch.setattr(local.subprocess, "Popen", recording_popen)
+    monkeypatch.setattr(local, "START_TIMEOUT_S", 0.0)
+    with pytest.raises(HubStartError, match="did not start"):
+        ensure_local_hub(tmp_path)
+    assert len(started) == 1 and started[0].returncode is not None
 
 
 def test_configure_client_env_repoints_imported_clients(hub, monkeypatch):
@@ -80,6 +96,8 @@ def test_default_root_follows_the_environment(monkeypatch, tmp_path):
 def test_tokens_are_validated_and_picked_up_live(hub):
     with pytest.raises(TokenError, match="not '\\*' or a valid namespace"):
         create_token(hub.root, "dave", write=["bad namespace"])
+    with pytest.raises(TokenError, match="list of namespaces, not the string 'dave'"):
+        create_token(hub.root, "dave", write="dave")
     token = create_token(hub.root, "dave", write=["dave"])
     assert HfApi(token=token).whoami()["name"] == "dave"  # the running server re-reads tokens.json
     assert oct((hub.root / "tokens.json").stat().st_mode & 0o777) == "0o600"

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import socket
 import uuid
 from pathlib import Path
 
@@ -25,6 +26,10 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+
+from alignsmith.hub import api as hub_api
+from alignsmith.hub import server as hub_server
+from alignsmith.hub.storage import RepoRef
 
 
 def unique(name: str) -> str:
@@ -283,7 +288,7 @@ def test_commit_payload_errors_name_the_line_and_path(hub, api):
     assert missing.status_code == 400
     assert "line 2" in missing.json()["error"] and "'w.bin'" in missing.json()["error"]
     escape = post(header, {"key": "file", "value": {"path": "../x", "content": base64.b64encode(b"x").decode()}})
-    assert escape.status_code == 400 and "'../x'" in escape.json()["error"]
+    assert escape.status_code == 400 and "line 2 (file '../x')" in escape.json()["error"]
     assert post({"key": "file", "value": {}}).status_code == 400
     assert post(header, {"key": "file", "value": {"path": "x", "content": "!!not base64"}}).status_code == 400
     assert api.list_repo_files(repo) == [".gitattributes"]  # nothing half-applied
@@ -405,3 +410,115 @@ def test_preupload_picks_lfs_for_binary_and_large_files(hub, api):
         "img.PNG": ("lfs", None),
         "blob.dat": ("lfs", None),
     }
+
+
+def test_a_damaged_blob_is_a_clear_error_not_a_hung_download(hub, api):
+    repo = f"alice/{unique('damaged')}"
+    api.create_repo(repo)
+    data = os.urandom(4096)
+    api.upload_file(path_or_fileobj=data, path_in_repo="w.bin", repo_id=repo)
+    blob = hub.server.storage.blob_path(RepoRef("model", repo), hashlib.sha256(data).hexdigest())
+    blob.write_bytes(data[:1000])  # cut short on disk, behind the server's back
+    response = httpx.get(f"{hub.url}/{repo}/resolve/main/w.bin", timeout=10)
+    assert response.status_code == 500
+    assert "'w.bin'" in response.json()["error"] and "1000 bytes stored, 4096 recorded" in response.json()["error"]
+
+
+def test_a_download_whose_client_is_gone_closes_its_file(hub, api, monkeypatch):
+    repo = f"alice/{unique('gone')}"
+    api.create_repo(repo)
+    api.upload_file(path_or_fileobj=b"weights", path_in_repo="w.bin", repo_id=repo)
+    app = hub.server._httpd.app
+    handle, responses = app.handle, []
+
+    def recording_handle(req):
+        responses.append(handle(req))
+        return responses[-1]
+
+    def client_gone(self):
+        raise ConnectionResetError("the client hung up")
+
+    monkeypatch.setattr(app, "handle", recording_handle)
+    monkeypatch.setattr(hub_server._HubRequestHandler, "end_headers", client_gone)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{hub.url}/{repo}/resolve/main/w.bin", timeout=10)
+    assert responses[0].file is not None and responses[0].file.closed
+
+
+def test_an_oversized_form_body_is_refused_not_truncated(hub, api, monkeypatch):
+    repo = f"alice/{unique('form')}"
+    api.create_repo(repo)
+    monkeypatch.setattr(hub_api, "MAX_JSON_BODY", 64)
+    response = httpx.post(
+        f"{hub.url}/api/models/{repo}/paths-info/main",
+        headers={"Authorization": f"Bearer {hub.token}"},
+        data={"paths": [".gitattributes", "x" * 100]},
+    )
+    assert response.status_code == 413
+
+
+def test_a_repo_deleted_while_listing_is_left_out(hub, api, monkeypatch):
+    kept, doomed = f"listing/{unique('kept')}", f"listing/{unique('doomed')}"
+    api.create_repo(kept)
+    api.create_repo(doomed)
+    storage = hub.server.storage
+    list_repos = storage.list_repos
+
+    def list_then_delete(repo_type):
+        refs = list_repos(repo_type)
+        storage.delete_repo(RepoRef("model", doomed))
+        return refs
+
+    monkeypatch.setattr(storage, "list_repos", list_then_delete)
+    assert [m.id for m in api.list_models(author="listing")] == [kept]
+
+
+def test_malformed_branch_and_lfs_bodies_get_a_clear_400(hub, api):
+    repo = f"alice/{unique('bodies')}"
+    api.create_repo(repo)
+    auth_header = {"Authorization": f"Bearer {hub.token}"}
+    branch = httpx.post(f"{hub.url}/api/models/{repo}/branch/exp", headers=auth_header, json={"startingPoint": 5})
+    assert branch.status_code == 400 and "startingPoint" in branch.json()["error"]
+    batch = httpx.post(
+        f"{hub.url}/{repo}.git/info/lfs/objects/batch",
+        headers=auth_header,
+        json={"operation": "upload", "objects": ["not an object"]},
+    )
+    assert batch.status_code == 400 and "'objects'" in batch.json()["error"]
+    assert [b.name for b in api.list_repo_refs(repo).branches] == ["main"]
+
+
+def send_raw(hub, request: bytes) -> bytes:
+    """Send ``request`` on a fresh connection, close the sending side, and return all the server answers."""
+    with socket.create_connection((hub.server.host, hub.server.port), timeout=10) as conn:
+        conn.sendall(request)
+        conn.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_commit_body_cut_short_is_not_applied_in_part(hub, api):
+    repo = f"alice/{unique('cut')}"
+    api.create_repo(repo)
+    lines = [
+        {"key": "header", "value": {"summary": "two files"}},
+        {"key": "file", "value": {"path": "a.txt", "content": base64.b64encode(b"a").decode(), "encoding": "base64"}},
+        {"key": "file", "value": {"path": "b.txt", "content": base64.b64encode(b"b").decode(), "encoding": "base64"}},
+    ]
+    encoded = [json.dumps(line).encode() + b"\n" for line in lines]
+    head = (
+        f"POST /api/models/{repo}/commit/main HTTP/1.1\r\nHost: {hub.server.host}\r\n"
+        f"Authorization: Bearer {hub.token}\r\nContent-Type: application/x-ndjson\r\n"
+        f"Content-Length: {sum(map(len, encoded))}\r\n\r\n"
+    ).encode()
+    # the client dies right after the first file's line: the body ends on a line boundary
+    assert send_raw(hub, head + b"".join(encoded[:2])) == b""
+    assert api.list_repo_files(repo) == [".gitattributes"]
+
+
+def test_a_malformed_chunked_body_is_a_clear_400(hub):
+    head = b"POST /api/validate-yaml HTTP/1.1\r\nHost: hub\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer = send_raw(hub, head + b"-5\r\n{}\r\n0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400") and b"malformed chunk size" in answer

@@ -129,6 +129,12 @@ def test_unknown_role_and_extra_message_keys_are_rejected():
     assert "name" in err.reason
 
 
+def test_a_type_error_names_the_type_given():
+    record = conversation(("user", "Hi"), ("assistant", "Hello"))
+    err = error_of(validate_conversation, {**record, "messages": tuple(record["messages"])})
+    assert (err.code, err.field, err.reason) == ("wrong_type", "messages", "expected a list of messages, got a tuple")
+
+
 def test_empty_conversation_and_bad_identity():
     assert error_of(validate_conversation, conversation()).code == "empty"
     err = error_of(validate_conversation, {**conversation(("user", "Hi"), ("assistant", "Yo")), "id": 5})
@@ -172,6 +178,7 @@ def test_relative_image_paths_resolve_against_image_root():
         ("https://example.com/cat.png", "unsupported"),
         (12, "wrong_type"),
         ({"bytes": None, "path": None}, "missing_field"),
+        ({"bytes": "iVBORw0KGgo=", "path": None}, "wrong_type"),
     ],
 )
 def test_bad_images_are_rejected_naming_the_image(image, code):
@@ -218,6 +225,16 @@ def test_valid_preference_and_its_conversation():
             "prompt[1].role",
         ),
         ({"prompt": []}, "empty", "prompt"),
+        (
+            {"prompt": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Anyone?"}]},
+            "role_order",
+            "prompt[1].role",
+        ),
+        (
+            {"chosen": [{"role": "assistant", "content": "Hello!"}, {"role": "assistant", "content": "Hi!"}]},
+            "role_order",
+            "chosen[1].role",
+        ),
         ({"chosen": [{"role": "user", "content": "Hi"}]}, "role_order", "chosen[0].role"),
         ({"rejected": [{"role": "assistant", "content": " "}]}, "empty", "rejected[0].content"),
         ({"rejected": "Go away."}, "wrong_type", "rejected"),

@@ -74,6 +74,8 @@ def _file_lock(root: Path) -> Iterator[None]:
 
 
 def _check_scopes(field: str, scopes: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(scopes, str):  # iterating it would grant its letters as namespaces
+        raise TokenError(f"token {field} scopes must be a list of namespaces, not the string {scopes!r}")
     for scope in scopes:
         if scope != ALL_NAMESPACES:
             try:

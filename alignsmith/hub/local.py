@@ -91,6 +91,7 @@ def ensure_local_hub(root: Path | None = None) -> LocalHub:
             time.sleep(0.05)
         if process.poll() is None:
             process.kill()
+            process.wait()  # reap it: a caller that lives on must not collect zombies
         tail = (root / LOG_FILE).read_text(errors="replace")[-2000:]
         raise HubStartError(f"the embedded Hub for {root} did not start (log {root / LOG_FILE}):\n{tail}")
 

@@ -10,8 +10,9 @@ Every revision is kept. Under ``root/repos/{type}s/{namespace}/{name}/`` a repos
 
 A commit is made visible in three durable steps: blobs, then the commit object, then the ref
 update (write to a temporary file, fsync, ``os.replace``). A process killed at any point leaves
-the previous revision as the visible one; the only leftovers are unreferenced blobs and
-``tmp/`` files, which :meth:`HubStorage.recover` removes on the next start.
+the previous revision as the visible one. The only leftovers are ``tmp/`` files, which
+:meth:`HubStorage.recover` removes on the next start, and unreferenced blobs, which are kept:
+content-addressed, they are harmless, and a client retrying the commit reuses them.
 
 One process owns a root at a time (the server takes a file lock); inside it, writes to one
 repository are serialised by a per-repository lock.
@@ -358,6 +359,7 @@ class HubStorage:
         self._locks_guard = threading.Lock()
         self._commits = _CommitCache()
         self._unsynced_blobs = False
+        self._sync_lock = threading.Lock()
 
     # -- housekeeping -------------------------------------------------------------------------
 
@@ -389,34 +391,38 @@ class HubStorage:
     def create_repo(self, ref: RepoRef, *, private: bool, author: str, sdk: str | None = None) -> RepoMeta:
         """Create a repository whose ``main`` holds one commit with the LFS ``.gitattributes``."""
         final = self._dir(ref)
-        if final.exists():
-            raise ConflictError(f"You already created this {ref.type} repo: {ref.id}")
-        meta = RepoMeta(ref, private, utc_now(), uuid.uuid4().hex, sdk)
-        staging = Path(tempfile.mkdtemp(prefix=".create-", dir=self.repos_dir))
-        try:
-            atomic_write_json(staging / "repo.json", self._meta_json(meta))
-            gitattributes = "".join(f"*{s} filter=lfs diff=lfs merge=lfs -text\n" for s in LFS_SUFFIXES).encode()
-            entry = self._store_small_blob(staging, gitattributes)
-            commit = self._write_commit(staging, (), {".gitattributes": entry}, "initial commit", "", author)
-            atomic_write_json(staging / "refs.json", Refs(branches={DEFAULT_BRANCH: commit.id}).to_json())
-            final.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock(ref):
+            if (final / "repo.json").exists():
+                raise ConflictError(f"You already created this {ref.type} repo: {ref.id}")
+            if final.exists():  # no repository, only files an upload wrote while it was being deleted
+                self._discard(final)
+            meta = RepoMeta(ref, private, utc_now(), uuid.uuid4().hex, sdk)
+            staging = Path(tempfile.mkdtemp(prefix=".create-", dir=self.repos_dir))
             try:
-                os.rename(staging, final)  # atomic; fails if another request created it first
-            except OSError as exc:
-                raise ConflictError(f"You already created this {ref.type} repo: {ref.id}") from exc
-            _fsync_dir(final.parent)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+                atomic_write_json(staging / "repo.json", self._meta_json(meta))
+                gitattributes = "".join(f"*{s} filter=lfs diff=lfs merge=lfs -text\n" for s in LFS_SUFFIXES).encode()
+                entry = self._store_small_blob(staging, gitattributes)
+                commit = self._write_commit(staging, (), {".gitattributes": entry}, "initial commit", "", author)
+                atomic_write_json(staging / "refs.json", Refs(branches={DEFAULT_BRANCH: commit.id}).to_json())
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(staging, final)  # the whole repository appears at once
+                _fsync_dir(final.parent)
+            finally:
+                if staging.exists():
+                    shutil.rmtree(staging, ignore_errors=True)
         return meta
 
     def delete_repo(self, ref: RepoRef) -> None:
         with self._lock(ref):
             self.repo_meta(ref)
-            self.trash_dir.mkdir(exist_ok=True)
-            target = self.trash_dir / uuid.uuid4().hex
-            os.rename(self._dir(ref), target)  # invisible at once; the files go afterwards
-            shutil.rmtree(target, ignore_errors=True)
+            self._discard(self._dir(ref))
+
+    def _discard(self, directory: Path) -> None:
+        """Make ``directory`` vanish at once (a rename into the trash), then remove its files."""
+        self.trash_dir.mkdir(exist_ok=True)
+        target = self.trash_dir / uuid.uuid4().hex
+        os.rename(directory, target)
+        shutil.rmtree(target, ignore_errors=True)
 
     def repo_meta(self, ref: RepoRef) -> RepoMeta:
         try:
@@ -655,11 +661,14 @@ class HubStorage:
 
         A commit with thousands of small files would otherwise pay one fsync per file; one
         ``sync`` covers the batch. The flag is cleared before syncing and set after writing,
-        so a blob written concurrently is either covered by this sync or leaves the flag set.
+        so a blob written concurrently is either covered by this sync or leaves the flag set;
+        the lock makes a caller that finds the flag cleared wait until the sync that cleared it
+        has finished, instead of committing while its blobs may still be in flight.
         """
-        if self._unsynced_blobs:
-            self._unsynced_blobs = False
-            os.sync()
+        with self._sync_lock:
+            if self._unsynced_blobs:
+                self._unsynced_blobs = False
+                os.sync()
 
     def write_blob(self, ref: RepoRef, chunks: Iterable[bytes], *, sha256: str, size: int) -> None:
         """Stream an LFS upload into the store, hashing as it goes; refuse content that does not match.

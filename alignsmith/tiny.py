@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -124,54 +123,11 @@ def build_tokenizer(
     )
 
 
-@dataclass(frozen=True)
-class TinyShape:
-    """Size of a tiny decoder, independent of its architecture."""
-
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    intermediate_size: int
-    max_position_embeddings: int
-
-
-ConfigFactory = Callable[[TinyShape, PreTrainedTokenizerBase], PretrainedConfig]
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """How to build one kind of tiny model: a config from a shape, and the Auto class that loads it."""
-
-    make_config: ConfigFactory
-    auto_class: type = AutoModelForCausalLM
-
-
-def _decoder_config(config_class: type[PretrainedConfig]) -> ConfigFactory:
-    """LLaMA-style decoders share every config field name, so one factory serves them all."""
-
-    def make(shape: TinyShape, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
-        return config_class(
-            vocab_size=len(tokenizer),
-            hidden_size=shape.hidden_size,
-            intermediate_size=shape.intermediate_size,
-            num_hidden_layers=shape.num_layers,
-            num_attention_heads=shape.num_heads,
-            num_key_value_heads=shape.num_kv_heads,
-            max_position_embeddings=shape.max_position_embeddings,
-            tie_word_embeddings=True,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-
-    return make
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "llama": Architecture(_decoder_config(LlamaConfig)),
-    "qwen2": Architecture(_decoder_config(Qwen2Config)),
-    "mistral": Architecture(_decoder_config(MistralConfig)),
+# LLaMA-style decoders share every config field name, so one set of arguments builds any of them.
+ARCHITECTURES: dict[str, type[PretrainedConfig]] = {
+    "llama": LlamaConfig,
+    "qwen2": Qwen2Config,
+    "mistral": MistralConfig,
 }
 
 
@@ -198,26 +154,29 @@ def build_causal_lm(
 ) -> Path:
     """Save a randomly initialised causal LM, its tokenizer and generation config to `out_dir`.
 
-    The folder loads wherever a Hub model id does; the defaults make a ~130k-parameter model.
+    The folder loads wherever a Hub model id does; the defaults make a ~107k-parameter model.
     `intermediate_size` defaults to twice the hidden size. Without `tokenizer`, one is trained with
     `build_tokenizer(seed, vocab_size)`.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown tiny architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}")
-    arch = ARCHITECTURES[architecture]
     tok = tokenizer or build_tokenizer(
         seed=seed, vocab_size=vocab_size, model_max_length=max_position_embeddings
     )
-    shape = TinyShape(
+    config = ARCHITECTURES[architecture](
+        vocab_size=len(tok),
         hidden_size=hidden_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
         intermediate_size=intermediate_size or 2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
         max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
-    config = arch.make_config(shape, tok)
-    model = _seeded_init(seed, lambda: arch.auto_class.from_config(config))
+    model = _seeded_init(seed, lambda: AutoModelForCausalLM.from_config(config))
     model.generation_config = GenerationConfig(
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from alignsmith import tiny
 from alignsmith.records import RecordError
 from builders.deita import prompts
 from builders.deita.difficulty import DifficultyScorer
+from builders.deita.embedding import CausalLMEmbedder, SentenceTransformerEmbedder
 from builders.deita.scoring import (
     DeitaScorer,
     DigitTokenError,
@@ -160,11 +162,12 @@ def test_score_is_the_expectation_over_the_six_digit_logits(model_dir, monkeypat
 
 
 def test_explicit_digit_ids_override_the_derived_ones(model_dir, monkeypatch):
-    scorer = DeitaScorer(str(model_dir), "complexity")
+    derived = DeitaScorer(str(model_dir), "complexity")
+    reversed_ids = list(reversed(derived.digit_ids))
+    scorer = DeitaScorer(str(model_dir), "complexity", digit_token_ids=reversed_ids)
+    assert scorer.digit_ids == reversed_ids
     z = [0.0, 0.0, 0.0, 0.0, 0.0, 4.0]
-    monkeypatch.setattr(scorer.model, "lm_head", fixed_digit_logits(scorer, z))
-    reversed_ids = list(reversed(scorer.digit_ids))
-    monkeypatch.setattr(scorer, "digit_ids", reversed_ids)
+    monkeypatch.setattr(scorer.model, "lm_head", fixed_digit_logits(derived, z))  # z[k] on the derived id of k+1
     # the strong logit now sits on the id read as "1"
     p = np.exp(z[::-1]) / np.exp(z).sum()
     np.testing.assert_allclose(scorer.score_turns([("hi", "")]).scores, [(p * np.arange(1, 7)).sum()], rtol=1e-6)
@@ -356,6 +359,20 @@ def test_bad_options_and_missing_models_are_clear_errors(model_dir, tmp_path):
     assert pin_model(str(model_dir)).sha is None
 
 
+@pytest.mark.parametrize(
+    "load",
+    [lambda path: DeitaScorer(path, "quality"), DifficultyScorer, CausalLMEmbedder, SentenceTransformerEmbedder],
+    ids=["scorer", "difficulty", "causal-lm-embedder", "sentence-transformer-embedder"],
+)
+def test_a_folder_without_a_tokenizer_is_a_model_load_error_naming_it(model_dir, tmp_path, load):
+    weights_only = tmp_path / "weights-only"
+    weights_only.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(model_dir / name, weights_only / name)
+    with pytest.raises(ModelLoadError, match="cannot load .*model '.*weights-only'"):
+        load(str(weights_only))
+
+
 def test_scorer_from_the_hub_is_pinned_to_the_commit(hub, model_dir, quality):
     from huggingface_hub import HfApi
 
@@ -368,6 +385,8 @@ def test_scorer_from_the_hub_is_pinned_to_the_commit(hub, model_dir, quality):
     assert scorer.model_sha == commit.oid and scorer.model_revision == "v1"
     turns = random_turns(3, seed=4)
     np.testing.assert_allclose(scorer.score_turns(turns).scores, quality.score_turns(turns).scores, atol=1e-6)
+    difficulty = DifficultyScorer(repo, revision="v1")
+    assert (difficulty.model_sha, difficulty.model_revision) == (commit.oid, "v1")
 
 
 # --- perplexity and IFD ---------------------------------------------------------------------------------

@@ -23,6 +23,15 @@ def test_a_known_base_template_without_markers_is_swapped_for_trls_training_vari
         choose_template(tokenizer, None, need_markers=False)
 
 
+def test_named_base_templates_train_with_the_default_one():
+    tokenizer = tiny.build_tokenizer()
+    tokenizer.chat_template = {"default": tiny.CHAT_TEMPLATE, "tool_use": "{{ messages }}"}
+    assert choose_template(tokenizer, None, need_markers=True) == (tiny.CHAT_TEMPLATE, "base model")
+    tokenizer.chat_template = {"tool_use": tiny.CHAT_TEMPLATE}
+    with pytest.raises(ChatTemplateError, match=r"named chat templates \(tool_use\) but no 'default'"):
+        choose_template(tokenizer, None, need_markers=False)
+
+
 def test_generation_also_stops_at_a_templates_own_end_of_turn_token(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

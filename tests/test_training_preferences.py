@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from datasets import load_dataset
 
@@ -10,7 +12,9 @@ from alignsmith.lineage import Lineage, read_lineage
 from alignsmith.publish import publish_dataset
 from alignsmith.recipes import OutputRepo, RecipeError, build, to_dict
 
+from training.data import TrainingDataError, shuffle_and_split
 from training.preferences import PreferencesRecipe, run
+from training.recipes import DataRecipe, MixtureEntry
 
 NS = "prefs-tests"
 HH_ROWS = [
@@ -80,3 +84,36 @@ def test_weights_above_one_are_refused_because_they_would_publish_repeated_pairs
     with pytest.raises(RecipeError, match="repeated pairs"):
         build(PreferencesRecipe, {"data": {"datasets": [{"path": "org/pairs", "weight": 2}]},
                                   "output": {"repo_id": "org/out"}})
+
+
+def test_ids_stay_unique_across_entries_that_read_the_same_folder(hub, tmp_path):
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for name, rows in (("a.jsonl", TRL_ROWS[:4]), ("b.jsonl", TRL_ROWS[2:6])):
+        (folder / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    recipe = build(PreferencesRecipe, {
+        "data": {"datasets": [{"path": str(folder), "data_files": name} for name in ("a.jsonl", "b.jsonl")]},
+        "output": {"repo_id": f"{NS}/same-folder", "tag": "v1"},
+    })
+    release = run(recipe)
+
+    published = load_dataset(release.repo_id, revision="v1", split="train")["id"]
+    assert sorted(published) == [f"trl-{i}" for i in range(6)]
+    rejected = load_dataset(release.repo_id, "rejected", revision="v1", split="train")
+    assert sorted(rejected["id"]) == ["trl-2", "trl-3"] and set(rejected["code"]) == {"duplicate_id"}
+    assert all("data.datasets[0]" in reason for reason in rejected["reason"])
+
+
+@pytest.mark.parametrize(("eval_size", "held_out"), [(0.25, 3), (4, 4), (0.95, None), (10, None)])
+def test_the_held_out_split_rounds_a_fraction_up_and_must_leave_rows_to_train_on(eval_size, held_out):
+    import datasets
+
+    rows = datasets.Dataset.from_list([{"id": f"r{i}"} for i in range(10)])
+    data = DataRecipe(datasets=[MixtureEntry(path="org/pairs")], eval_size=eval_size, seed=1)
+    if held_out is None:
+        with pytest.raises(TrainingDataError, match=f"data.eval_size: {eval_size} holds out 10 of the mixture's 10"):
+            shuffle_and_split(rows, data)
+        return
+    train, test = shuffle_and_split(rows, data)
+    assert (len(train), len(test)) == (10 - held_out, held_out)
+    assert sorted([*train["id"], *test["id"]]) == sorted(rows["id"])

@@ -52,6 +52,7 @@ def _sft(**overrides) -> dict:
         ({"training": {"output_dir": "x"}}, "set the top-level output_dir instead"),
         ({"lora": {"rank": 8}}, "lora: unknown key 'rank'"),
         ({"lora": {"r": 8}, "unfrozen": ["self_attn"]}, "lora.modules_to_save"),
+        ({"output": {"repo_id": "org/model", "merged": True}}, "output.merged: only a LoRA run has an adapter"),
         ({"data": {"datasets": []}}, "at least one dataset"),
         ({"data": {"datasets": [{"path": "org/data", "weight": 0}]}}, "weight must be positive"),
         ({"data": {"datasets": [{"path": "org/data"}], "eval_size": 2.5}}, "eval_size"),
@@ -98,9 +99,17 @@ def test_later_stages_start_from_the_previous_stage_and_share_defaults():
         ([_stage("sft", "org/a", base_model={"path": "x"})], "stages[0].base_model: set by the pipeline"),
         ([_stage("sft", "org/a"), _stage("dpo", "org/b", training={"learning_rte": 1})], "training.learning_rte"),
         ([_stage("sft", "org/a", lora={"r": 4}), _stage("dpo", "org/b", lora={"r": 4})], "output.merged: true"),
+        ([_stage("sft", "org/a"), _stage("dpo", "org/b", output={"repo_id": "org/b", "merged": True})],
+         "stages[1]: output.merged: only a LoRA run"),
     ],
 )
 def test_a_bad_stage_fails_when_the_pipeline_loads(stages, message):
     with pytest.raises(RecipeError) as raised:
         build(PipelineRecipe, _pipeline(*stages))
     assert message in str(raised.value)
+
+
+def test_a_pipeline_key_in_defaults_is_named_as_coming_from_defaults():
+    with pytest.raises(RecipeError) as raised:
+        build(PipelineRecipe, _pipeline(_stage("sft", "org/a"), defaults={"base_model": {"path": "org/other"}}))
+    assert "defaults.base_model: set by the pipeline" in str(raised.value)

@@ -6,6 +6,7 @@ every run reads them back by repo id and revision, exactly as it would read real
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -65,6 +66,12 @@ def _publish_records(repo: str, records: list[dict[str, Any]], tag: str = "v1") 
     )
 
 
+def _publish_model(repo: str, folder: Path, tag: str = "v1") -> None:
+    lineage = Lineage(command="models tiny", recipe={})
+    card = model_card(repo, CardContent(title=repo, summary="tiny"), lineage, base_model=None)
+    publish_folder(OutputRepo(repo_id=repo, tag=tag), folder, card, lineage)
+
+
 def _conversation(i: int, question: str, answer: str) -> dict[str, Any]:
     return {
         "id": f"q{i}",
@@ -91,10 +98,8 @@ def published(hub, tmp_path_factory) -> dict[str, str]:
     base_dir = tiny.build_causal_lm(tmp_path_factory.mktemp("base"), seed=0)
     unmarked_dir = tiny.build_causal_lm(tmp_path_factory.mktemp("unmarked"), seed=0)
     (unmarked_dir / "chat_template.jinja").write_text(UNMARKED_TEMPLATE)
-    for repo, folder in ((f"{NS}/tiny-base", base_dir), (f"{NS}/tiny-unmarked", unmarked_dir)):
-        lineage = Lineage(command="models tiny", recipe={})
-        card = model_card(repo, CardContent(title=repo, summary="tiny"), lineage, base_model=None)
-        publish_folder(OutputRepo(repo_id=repo, tag="v1"), folder, card, lineage)
+    _publish_model(f"{NS}/tiny-base", base_dir)
+    _publish_model(f"{NS}/tiny-unmarked", unmarked_dir)
     _publish_records(f"{NS}/qa", [_conversation(i, q, a) for i, (q, a) in enumerate(QUESTIONS)])
     _publish_records(f"{NS}/qa-prefs", [_preference(i, q, a) for i, (q, a) in enumerate(QUESTIONS)])
     _publish_records(f"{NS}/qa-short", [_conversation(i, q, a.split()[-1]) for i, (q, a) in enumerate(QUESTIONS)])
@@ -239,6 +244,27 @@ def test_dpo_prefers_the_chosen_answers_and_reports_eval_metrics(published, sft_
     assert _chat(result.release.repo_id, "v1", QUESTIONS[0][0]) == (QUESTIONS[0][1], True)
 
 
+@pytest.fixture(scope="module")
+def moved_on(published, tmp_path_factory) -> str:
+    """A model repo whose tag v1 is one model and whose main has since moved on to another."""
+    repo = f"{NS}/moved-on"
+    for tag, seed in (("v1", 0), ("v2", 1)):
+        _publish_model(repo, tiny.build_causal_lm(tmp_path_factory.mktemp(f"moved-on-{tag}"), seed=seed), tag)
+    return repo
+
+
+@pytest.mark.parametrize("start", ["tag-behind-main", "lora-adapter"])
+def test_full_dpo_compares_against_exactly_the_model_it_starts_from(published, lora_runs, moved_on, tmp_path, start):
+    base = {"path": moved_on, "revision": "v1"} if start == "tag-behind-main" else {
+        "path": lora_runs[False].release.repo_id, "revision": "v1"}
+    recipe = _recipe(DPORecipe, published, tmp_path, f"dpo-reference-{start}", base_model=base,
+                     training={"max_steps": 1, "logging_steps": 1, "beta": 0.1})
+    result = train(recipe)
+
+    # the first step's loss is -log sigmoid(0) = log 2 only when the reference scores exactly like the policy
+    assert result.metrics["first_train_loss"] == pytest.approx(math.log(2), abs=1e-4)
+
+
 def test_two_stage_pipeline_chains_sft_into_dpo_through_the_hub(published, tmp_path):
     recipe = build(PipelineRecipe, {
         "base_model": {"path": published["base"], "revision": "v1"},
@@ -363,11 +389,13 @@ EOS_OUTSIDE = tiny.CHAT_TEMPLATE.replace(
          ChatTemplateError, ["does not mark the assistant's reply", "The sky is blue."]),
         (SFTRecipe, {"chat_template": {"template": EOS_OUTSIDE}},
          ChatTemplateError, ["never learn to stop"]),
+        (DPORecipe, {"chat_template": {"template": "{% for m in messages %}{{ m.content }"}},
+         ChatTemplateError, ["does not render a user/assistant dialogue"]),
         (SFTRecipe, {"output": {"repo_id": f"{NS}/sft-full", "tag": "v1"}},
          TagExistsError, [f"{NS}/sft-full", "already has tag 'v1'"]),
     ],
     ids=["no-assistant", "wrong-columns", "sft-data-for-dpo", "missing-dataset-revision", "missing-model-revision",
-         "unmarked-base-template", "template-marks-user", "eos-outside-span", "tag-taken"],
+         "unmarked-base-template", "template-marks-user", "eos-outside-span", "dpo-template-broken", "tag-taken"],
 )
 def test_bad_input_stops_before_training_with_a_clear_message(published, sft_full, tmp_path, kind, overrides,
                                                                 error, expected):

@@ -44,7 +44,12 @@ def choose_template(tokenizer: Any, supplied: str | None, *, need_markers: bool)
             "the base model's tokenizer has no chat template: set chat_template.template in the recipe "
             "(assistant content inside {% generation %}...{% endgeneration %})"
         )
-    if isinstance(base, dict):
+    if isinstance(base, dict):  # named templates: training renders with the default one
+        if "default" not in base:
+            raise ChatTemplateError(
+                f"the base model's tokenizer has named chat templates ({', '.join(base)}) but no 'default': "
+                "set chat_template.template in the recipe"
+            )
         base = base["default"]
     if not need_markers or has_generation_markers(base):
         return base, "base model"
@@ -59,17 +64,25 @@ def choose_template(tokenizer: Any, supplied: str | None, *, need_markers: bool)
         ) from None
 
 
+def _render_probe(tokenizer: Any, template: str, *, with_mask: bool = False) -> dict[str, Any]:
+    """The probe dialogue through ``template`` (token ids, and the assistant mask when asked for).
+
+    A broken template fails here, with a ChatTemplateError, instead of inside trl's dataset preparation.
+    """
+    try:
+        return tokenizer.apply_chat_template(
+            _PROBE, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=with_mask
+        )
+    except Exception as err:  # jinja2 raises several unrelated types for a broken template
+        raise ChatTemplateError(f"the chat template does not render a user/assistant dialogue: {err}") from None
+
+
 def check_assistant_marked(tokenizer: Any, template: str) -> int:
     """Render a probe dialogue, require the mask to cover the reply and its end-of-turn token; return that token.
 
     Raises :class:`ChatTemplateError` saying what the mask covered instead.
     """
-    try:
-        rendered = tokenizer.apply_chat_template(
-            _PROBE, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-        )
-    except Exception as err:  # jinja2 raises several unrelated types for a broken template
-        raise ChatTemplateError(f"the chat template does not render a user/assistant dialogue: {err}") from None
+    rendered = _render_probe(tokenizer, template, with_mask=True)
     masked = [token for token, in_mask in zip(rendered["input_ids"], rendered["assistant_masks"]) if in_mask]
     marked = tokenizer.decode(masked, skip_special_tokens=True)
     if _PROBE_ASSISTANT not in marked:
@@ -127,7 +140,11 @@ def prepare_chat(tokenizer: Any, model: Any, supplied: str | None, eos_token: st
     """
     template, origin = choose_template(tokenizer, supplied, need_markers=need_markers)
     use_eos_token(tokenizer, eos_token)
-    end_of_turn = check_assistant_marked(tokenizer, template) if need_markers else None
+    end_of_turn = None
+    if need_markers:
+        end_of_turn = check_assistant_marked(tokenizer, template)
+    else:
+        _render_probe(tokenizer, template)
     set_stop_tokens(tokenizer, model, end_of_turn)
     tokenizer.chat_template = template
     log.info("chat template: %s", origin)

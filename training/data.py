@@ -9,6 +9,7 @@ shuffling and the eval split are all seeded (trl's own mixer splits unseeded).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,12 +74,14 @@ def shuffle_and_split(mixed: datasets.Dataset, recipe: DataRecipe) -> tuple[data
     mixed = mixed.shuffle(seed=recipe.seed)
     if recipe.eval_size == 0:
         return mixed, None
-    test_size: float | int = recipe.eval_size if recipe.eval_size < 1 else int(recipe.eval_size)
-    if isinstance(test_size, int) and test_size >= len(mixed):
+    # a fraction rounds up, as train_test_split itself does
+    held_out = math.ceil(recipe.eval_size * len(mixed)) if recipe.eval_size < 1 else int(recipe.eval_size)
+    if held_out >= len(mixed):
         raise TrainingDataError(
-            f"data.eval_size: {test_size} held-out rows requested but the mixture has only {len(mixed)}"
+            f"data.eval_size: {recipe.eval_size} holds out {held_out} of the mixture's {len(mixed)} rows, "
+            "leaving none to train on"
         )
-    split = mixed.train_test_split(test_size=test_size, seed=recipe.seed)
+    split = mixed.train_test_split(test_size=held_out, seed=recipe.seed)
     return split["train"], split["test"]
 
 

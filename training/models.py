@@ -51,26 +51,44 @@ def pin(ref: ModelRef) -> ArtifactRef:
 
 def load_base_model(ref: ModelRef) -> BaseModel:
     """Load the pinned base (merging a LoRA adapter into its base) and its tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     artifact = pin(ref)
-    location = artifact.repo_id
-    revision = artifact.sha if artifact.repo_type == "model" else None
-    load_kwargs = {"dtype": getattr(torch, ref.dtype), "attn_implementation": ref.attn_implementation}
-    ancestors: list[ArtifactRef] = []
-    was_adapter = _is_adapter(location, revision)
+    was_adapter = _is_adapter(artifact.repo_id, _revision(artifact))
     try:
-        if was_adapter:
-            model, base = _merged_adapter(location, revision, load_kwargs)
-            ancestors.append(base)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(location, revision=revision, **load_kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
+        model, ancestors = _load_weights(ref, artifact, was_adapter)
+        tokenizer = AutoTokenizer.from_pretrained(artifact.repo_id, revision=_revision(artifact))
     except (OSError, ValueError) as err:
         raise BaseModelError(f"base_model {ref.path!r} @ {artifact.sha}: cannot load: {err}") from None
     card_base = ref.path if artifact.repo_type == "model" else None
     return BaseModel(model, tokenizer, artifact, was_adapter, card_base, ancestors)
+
+
+def load_reference_model(ref: ModelRef, base: BaseModel) -> Any:
+    """A frozen second copy of the weights ``base`` starts from, read from the same pinned commits.
+
+    Full-parameter DPO measures the policy against this. Left to itself, trl reloads the reference
+    from ``config._name_or_path`` at the Hub's main revision: neither the pinned commit nor, for a
+    merged adapter, the merge.
+    """
+    model, _ = _load_weights(ref, base.ref, base.was_adapter)  # the files `base` was just loaded from
+    return model.eval().requires_grad_(False)
+
+
+def _revision(artifact: ArtifactRef) -> str | None:
+    return artifact.sha if artifact.repo_type == "model" else None
+
+
+def _load_weights(ref: ModelRef, artifact: ArtifactRef, is_adapter: bool) -> tuple[Any, list[ArtifactRef]]:
+    """The pinned weights in the recipe's dtype, and the adapter's own base when an adapter was merged."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    load_kwargs = {"dtype": getattr(torch, ref.dtype), "attn_implementation": ref.attn_implementation}
+    if is_adapter:
+        model, adapter_base = _merged_adapter(artifact.repo_id, _revision(artifact), load_kwargs)
+        return model, [adapter_base]
+    return AutoModelForCausalLM.from_pretrained(artifact.repo_id, revision=_revision(artifact), **load_kwargs), []
 
 
 def _is_adapter(location: str, revision: str | None) -> bool:

@@ -54,17 +54,20 @@ def run(recipe: PreferencesRecipe) -> Release:
 
     samples, rejected, inputs = [], [], []
     statistics: dict[str, Any] = {}
-    first_seen: dict[str, str] = {}  # ids stay unique across sources, as within one
+    first_seen: dict[str, int] = {}  # id -> the entry that had it first: ids stay unique across sources, as within one
     for index, entry in enumerate(recipe.data.datasets):
         loaded = load_source(entry)
         result = loaded.to_records("preference", on_invalid="reject")
         where = entry.describe()
         records = []
         for record in result.records:
-            other = first_seen.setdefault(record["id"], where)
-            if other != where:
+            other = first_seen.setdefault(record["id"], index)
+            if other != index:  # entries may describe alike (same path, other data_files), so compare positions
                 duplicate = RecordError(
-                    f"duplicate id: {other} has it too", code="duplicate_id", record_id=record["id"], field="id"
+                    f"duplicate id: data.datasets[{other}] ({recipe.data.datasets[other].describe()}) has it too",
+                    code="duplicate_id",
+                    record_id=record["id"],
+                    field="id",
                 )
                 result.rejected.append(rejection(duplicate, record))
             else:

@@ -161,6 +161,10 @@ class TrainRecipe(HubRecipe):
             raise RecipeError(
                 "unfrozen applies to runs without LoRA; with LoRA, list whole modules to train in lora.modules_to_save"
             )
+        if self.output.merged and self.lora is None:
+            raise RecipeError(
+                "output.merged: only a LoRA run has an adapter to merge; full fine-tuning publishes full weights"
+            )
         for key in self.training:
             if key in RESERVED_TRAINING_KEYS:
                 raise RecipeError(f"training.{key}: not settable here: {RESERVED_TRAINING_KEYS[key]}")
@@ -246,7 +250,8 @@ class PipelineRecipe(HubRecipe):
             stage = _deep_merge(self.defaults, {k: v for k, v in raw.items() if k != "kind"})
             for key in ("hub", "hub_root", "base_model"):
                 if key in stage:
-                    raise RecipeError(f"{where}.{key}: set by the pipeline, not per stage")
+                    origin = where if key in raw else "defaults"
+                    raise RecipeError(f"{origin}.{key}: set by the pipeline, not per stage")
             stage["hub"], stage["hub_root"] = self.hub, self.hub_root
             if index == 0:
                 stage["base_model"] = dataclasses.asdict(self.base_model)

@@ -21,7 +21,7 @@ from alignsmith.recipes import RESOLVED_RECIPE_FILENAME, RecipeError, save_resol
 
 from training.chat import prepare_chat
 from training.data import TrainingData, load_mixture
-from training.models import BaseModel, count_parameters, freeze_except, load_base_model
+from training.models import BaseModel, count_parameters, freeze_except, load_base_model, load_reference_model
 from training.publish import TrainingSummary, publish_model
 from training.recipes import TrainRecipe
 
@@ -36,7 +36,6 @@ class TrainingResult:
     release: Release
     metrics: dict[str, float]
     resumed_from_step: int | None
-    output_dir: Path
 
 
 def run(recipe: TrainRecipe) -> Release:
@@ -50,10 +49,6 @@ def train(recipe: TrainRecipe, *, callbacks: Iterable[Any] = ()) -> TrainingResu
 
     args = recipe.trainer_config()
     peft_config = recipe.lora_config()
-    if recipe.output.merged and peft_config is None:
-        raise RecipeError(
-            "output.merged: only a LoRA run has an adapter to merge; full fine-tuning publishes full weights"
-        )
     if recipe.output.merged and args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3:
         raise RecipeError(
             "output.merged is not supported under DeepSpeed ZeRO-3 (weights are sharded): use zero2 or ddp"
@@ -76,6 +71,11 @@ def train(recipe: TrainRecipe, *, callbacks: Iterable[Any] = ()) -> TrainingResu
     )
     if peft_config is not None and base.ref.repo_type == "model":
         peft_config.revision = base.ref.sha  # the adapter's config then pins the exact base it was trained on
+    reference: dict[str, Any] = {}
+    # with LoRA the reference is the base with the adapter off; precomputed reference log-probs come from the
+    # policy before its first step
+    if recipe.kind == "dpo" and peft_config is None and not args.precompute_ref_log_probs:
+        reference["ref_model"] = load_reference_model(recipe.base_model, base)
     if recipe.unfrozen:
         freeze_except(base.model, recipe.unfrozen)
     resume_from = _checkpoint_to_resume(recipe, args)
@@ -90,6 +90,7 @@ def train(recipe: TrainRecipe, *, callbacks: Iterable[Any] = ()) -> TrainingResu
         processing_class=base.tokenizer,
         peft_config=peft_config,
         callbacks=list(callbacks),
+        **reference,
     )
     trainable, total = count_parameters(trainer.model)
     resumed_step = _global_step(resume_from) if resume_from else None
@@ -111,7 +112,7 @@ def train(recipe: TrainRecipe, *, callbacks: Iterable[Any] = ()) -> TrainingResu
         trainer_args=args,
     )
     release = _save_and_publish(trainer, recipe, release_dir, base, data, summary)
-    return TrainingResult(release, metrics, resumed_step, recipe.run_dir)
+    return TrainingResult(release, metrics, resumed_step)
 
 
 def _checkpoint_to_resume(recipe: TrainRecipe, args: Any) -> str | None:

@@ -29,16 +29,17 @@ import torch.nn.functional as F
 
 from alignsmith.records import RecordError, RecordRef
 
-from .prompts import conversation_turns
+from .prompts import conversation_turns, record_ref
 from .scoring import (
     OnError,
+    PinnedModel,
     check_choice,
     context_length,
     length_sorted_batches,
     load_pretrained,
     pad_id,
-    right_pad,
     pin_model,
+    right_pad,
 )
 
 
@@ -54,7 +55,7 @@ class RecordDifficulty:
     rejection: RecordError | None = None
 
 
-class DifficultyScorer:
+class DifficultyScorer(PinnedModel):
     """Perplexity and IFD with one causal LM (see the module docstring for the definitions)."""
 
     def __init__(
@@ -75,10 +76,6 @@ class DifficultyScorer:
         if start is None:
             raise ValueError(f"{model_id_or_path!r} has neither a BOS nor an EOS token to start a document with")
         self.document_start = np.array([start], dtype=np.int32)
-
-    @property
-    def model_sha(self) -> str | None:
-        return self.model_ref.sha
 
     def prompt_ids(self, instruction: str) -> list[int]:
         if self.tokenizer.chat_template:
@@ -101,7 +98,7 @@ class DifficultyScorer:
         results: list[RecordDifficulty] = []
         pairs: list[tuple[int, np.ndarray, np.ndarray, str]] = []  # (record, prompt, response, response field)
         for index, record in enumerate(records):
-            ref = RecordRef(record.get("id") if isinstance(record.get("id"), str) else None, index)
+            ref = record_ref(record, index)
             results.append(RecordDifficulty(ref.record_id))
             try:
                 prompt, response, field, results[-1].truncated = self._encode(record, index, ref)

@@ -24,18 +24,17 @@ import numpy as np
 import torch
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
-from alignsmith.records import RecordRef
-
-from .prompts import conversation_turns
+from .prompts import conversation_turns, record_ref
 from .scoring import (
     ModelLoadError,
     ModelRef,
+    PinnedModel,
     length_sorted_batches,
     load_pretrained,
     pad_id,
-    right_pad,
     pin_model,
     resolve_device,
+    right_pad,
 )
 
 VICUNA_SYSTEM = (
@@ -61,8 +60,7 @@ def answer_text(record: Mapping[str, Any], row_index: int | None = None) -> str:
     turns = conversation_turns(record, row_index)
     replies = [t.response for t in turns if t.response_field is not None]
     if not replies:
-        ref = RecordRef(record.get("id"), row_index)
-        raise ref.error("messages", "no assistant message to embed", "no_assistant")
+        raise record_ref(record, row_index).error("messages", "no assistant message to embed", "no_assistant")
     return "\n".join(replies)
 
 
@@ -87,7 +85,7 @@ class Embedder(Protocol):
     def embed_records(self, records: Sequence[Mapping[str, Any]]) -> Embeddings: ...
 
 
-class CausalLMEmbedder:
+class CausalLMEmbedder(PinnedModel):
     """Last-token, last-layer embeddings from a causal LM, as the reference computes them.
 
     Only the decoder is loaded (no LM head): its output is the LM's ``hidden_states[-1]``.
@@ -141,10 +139,6 @@ class CausalLMEmbedder:
         self.output_dtype = np.dtype(output_dtype)
         self.dimension = int(model.config.get_text_config().hidden_size)
 
-    @property
-    def model_sha(self) -> str | None:
-        return self.model_ref.sha
-
     def embed_records(self, records: Sequence[Mapping[str, Any]]) -> Embeddings:
         vectors, truncated = self.embed_texts(embedding_texts(records, self.only_answer))
         return Embeddings([r["id"] for r in records], vectors, truncated)
@@ -167,7 +161,7 @@ class CausalLMEmbedder:
         return vectors, truncated
 
 
-class SentenceTransformerEmbedder:
+class SentenceTransformerEmbedder(PinnedModel):
     """The same texts embedded by a sentence-transformers model (its own pooling and truncation)."""
 
     def __init__(
@@ -182,20 +176,16 @@ class SentenceTransformerEmbedder:
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self.model_ref: ModelRef = pin_model(model_id_or_path, revision)
+        self.model_ref = pin_model(model_id_or_path, revision)
         try:
             self.model = SentenceTransformer(
                 model_id_or_path, revision=self.model_ref.sha or revision, device=str(resolve_device(device))
             )
-        except OSError as err:
+        except (OSError, ValueError) as err:  # ValueError: a folder without a tokenizer or a known config
             raise ModelLoadError(f"cannot load sentence-transformers model {model_id_or_path!r}: {err}") from None
         self.batch_size, self.only_answer = batch_size, only_answer
         self.output_dtype = np.dtype(output_dtype)
         self.dimension = int(self.model.get_embedding_dimension())
-
-    @property
-    def model_sha(self) -> str | None:
-        return self.model_ref.sha
 
     def embed_records(self, records: Sequence[Mapping[str, Any]]) -> Embeddings:
         texts = embedding_texts(records, self.only_answer)

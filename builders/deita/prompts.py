@@ -64,9 +64,15 @@ class Turn:
     response_field: str | None  # None when the user message got no reply
 
 
+def record_ref(record: Mapping[str, Any], row_index: int | None = None) -> RecordRef:
+    """How errors name ``record``: by its ``id`` when that is a string, and by its row."""
+    record_id = record.get("id")
+    return RecordRef(record_id if isinstance(record_id, str) else None, row_index)
+
+
 def conversation_turns(record: Mapping[str, Any], row_index: int | None = None) -> list[Turn]:
     """Split a canonical conversation record into its turns (see the module docstring)."""
-    ref = RecordRef(record.get("id") if isinstance(record.get("id"), str) else None, row_index)
+    ref = record_ref(record, row_index)
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
         reason = "missing" if messages is None else f"expected a non-empty list, got {type_name(messages)}"

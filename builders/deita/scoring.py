@@ -34,6 +34,7 @@ from .prompts import (
     Turn,
     conversation_turns,
     encode_turn,
+    record_ref,
     render_history,
 )
 
@@ -72,6 +73,22 @@ def pin_model(model_id_or_path: str, revision: str | None = None) -> ModelRef:
     return ModelRef(model_id_or_path, revision, sha)
 
 
+class PinnedModel:
+    """What every Deita model stage exposes about its weights: the model it runs, pinned to a commit."""
+
+    model_ref: ModelRef
+
+    @property
+    def model_sha(self) -> str | None:
+        """The Hub commit the weights were loaded at (None for a local folder or a model handed in)."""
+        return self.model_ref.sha
+
+    @property
+    def model_revision(self) -> str | None:
+        """The branch, tag or sha that was asked for."""
+        return self.model_ref.revision
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -99,13 +116,12 @@ def load_pretrained(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a model in eval mode on ``device`` and its tokenizer, by commit sha when there is one."""
     target = resolve_device(device)
+    weights_dtype = resolve_dtype(dtype, target)
     revision = ref.sha or ref.revision
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref.name, revision=revision)
-        model = auto_class.from_pretrained(
-            ref.name, revision=revision, dtype=resolve_dtype(dtype, target), device_map=str(target)
-        )
-    except OSError as err:
+        model = auto_class.from_pretrained(ref.name, revision=revision, dtype=weights_dtype, device_map=str(target))
+    except (OSError, ValueError) as err:  # transformers raises ValueError for a missing tokenizer or an unknown config
         raise ModelLoadError(f"cannot load model {ref.name!r} (revision {revision}): {err}") from None
     return model.eval(), tokenizer
 
@@ -219,7 +235,7 @@ class RecordScores:
     rejection: RecordError | None = None
 
 
-class DeitaScorer:
+class DeitaScorer(PinnedModel):
     """A Deita complexity or quality scorer (e.g. ``hkust-nlp/deita-complexity-scorer``).
 
     ``context="turn"`` scores every turn on its own, as the reference does; ``"history"`` puts the
@@ -287,14 +303,6 @@ class DeitaScorer:
         cue = COMPLEXITY_CUE if kind == "complexity" else QUALITY_CUE
         self.digit_ids = _scorer_digit_ids(tokenizer, cue, digit_token_ids)
 
-    @property
-    def model_sha(self) -> str | None:
-        return self.model_ref.sha
-
-    @property
-    def model_revision(self) -> str | None:
-        return self.model_ref.revision
-
     def score_turns(self, turns: Sequence[tuple[str, str]]) -> TurnScores:
         """Score (instruction, response) pairs, each on its own; raises on the first unscorable one."""
         ref = RecordRef(None)
@@ -327,7 +335,7 @@ class DeitaScorer:
         prompts: list[np.ndarray] = []
         turns_of: list[list[Turn]] = []
         for index, record in enumerate(records):
-            ref = RecordRef(record.get("id") if isinstance(record.get("id"), str) else None, index)
+            ref = record_ref(record, index)
             results.append(RecordScores(ref.record_id))
             try:
                 turns = conversation_turns(record, index)

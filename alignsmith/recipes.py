@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from pathlib import Path
@@ -171,7 +172,9 @@ def save_resolved(recipe: Any, directory: str | Path) -> Path:
     """Write the fully resolved recipe into ``directory`` so any output can be re-run."""
     path = Path(directory) / RESOLVED_RECIPE_FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_yaml(recipe), encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # other processes may be reading it
+    tmp.write_text(to_yaml(recipe), encoding="utf-8")
+    os.replace(tmp, path)
     return path
 
 

@@ -59,7 +59,8 @@ class DatasetSource:
         parts = [repr(self.path)]
         parts += [
             f"{key}={value!r}"
-            for key, value in (("config", self.config), ("revision", self.revision))
+            for key, value in (("config", self.config), ("revision", self.revision),
+                               ("data_files", self.data_files), ("columns", self.columns))
             if value is not None
         ]
         return f"dataset {' '.join(parts)} (split {self.split!r})"

@@ -149,8 +149,7 @@ def compute_shards(recipe: DeitaRecipe, pool: Pool, models: Models, work: Work) 
                               quality=q_vals, quality_offsets=q_off, quality_truncated=q_trunc, **_errors(merged))
         if not work.embeddings.done(shard):
             emb = workers.embedder().embed_records(records)
-            vectors = emb.vectors.astype(recipe.embedder.storage_dtype, copy=False)
-            work.embeddings.write(shard, row=index, vectors=vectors, truncated=emb.truncated)
+            work.embeddings.write(shard, row=index, vectors=emb.vectors, truncated=emb.truncated)
         if work.difficulty is not None and not work.difficulty.done(shard):
             diff = workers.difficulty().score_records(records, on_error=on_error)
             work.difficulty.write(shard, row=index, perplexity=np.array([d.perplexity for d in diff]),
@@ -187,10 +186,11 @@ class _Workers:
         spec, revision = self.recipe.embedder, _load_revision(self.models.embedder) or self.recipe.embedder.revision
         if spec.kind == "causal_lm":
             make = lambda: CausalLMEmbedder(spec.model, revision=revision, dtype=spec.dtype, batch_size=spec.batch_size,  # noqa: E731
-                                            max_length=spec.max_length, only_answer=spec.only_answer)
+                                            max_length=spec.max_length, only_answer=spec.only_answer,
+                                            output_dtype=spec.storage_dtype)
         else:
             make = lambda: SentenceTransformerEmbedder(spec.model, revision=revision, batch_size=spec.batch_size,  # noqa: E731
-                                                       only_answer=spec.only_answer)
+                                                       only_answer=spec.only_answer, output_dtype=spec.storage_dtype)
         return self._get("embedder", make)
 
     def difficulty(self):

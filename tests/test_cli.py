@@ -46,13 +46,15 @@ def test_unknown_stage_command_and_recipe_key_are_clear_errors(tmp_path, capsys)
     assert "unknown key 'outptu'" in err and "did you mean 'output'" in err and "Traceback" not in err
 
 
-def test_data_convert_publishes_records_and_keeps_rejected_rows(tmp_path, hub):
+def convert_recipe(tmp_path, hub, source: Path, fmt: str, repo_id: str, **keys) -> Path:
     recipe = tmp_path / "convert.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "hub": hub.url,
-        "source": {"path": str(FIXTURES / "sharegpt_broken.jsonl"), "format": "sharegpt"},
-        "output": {"repo_id": "cli-test/sharegpt", "tag": "v1"},
-    }))
+    recipe.write_text(yaml.safe_dump({"hub": hub.url, "source": {"path": str(source), "format": fmt},
+                                      "output": {"repo_id": repo_id, "tag": "v1"}, **keys}))
+    return recipe
+
+
+def test_data_convert_publishes_records_and_keeps_rejected_rows(tmp_path, hub):
+    recipe = convert_recipe(tmp_path, hub, FIXTURES / "sharegpt_broken.jsonl", "sharegpt", "cli-test/sharegpt")
     rows = sum(1 for line in (FIXTURES / "sharegpt_broken.jsonl").read_text().splitlines() if line.strip())
     assert main(["data", "convert", "--config", str(recipe)]) == 0
     records = load_dataset("cli-test/sharegpt", "default", revision="v1", split="train")
@@ -64,23 +66,15 @@ def test_data_convert_publishes_records_and_keeps_rejected_rows(tmp_path, hub):
 
 
 def test_data_convert_in_error_mode_names_the_record(tmp_path, hub, capsys):
-    recipe = tmp_path / "convert.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "hub": hub.url, "on_invalid": "error",
-        "source": {"path": str(FIXTURES / "sharegpt_broken.jsonl"), "format": "sharegpt"},
-        "output": {"repo_id": "cli-test/never", "tag": "v1"},
-    }))
+    recipe = convert_recipe(tmp_path, hub, FIXTURES / "sharegpt_broken.jsonl", "sharegpt", "cli-test/never",
+                            on_invalid="error")
     assert main(["data", "convert", "--config", str(recipe)]) == 1
     assert "record 'sg-empty' (row 0)" in capsys.readouterr().err
 
 
 def test_bundled_preferences_convert_to_trl_pairs(tmp_path, hub):
-    recipe = tmp_path / "prefs.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "hub": hub.url, "kind": "preference",
-        "source": {"path": str(DATA / "preferences.jsonl"), "format": "hh_rlhf"},
-        "output": {"repo_id": "cli-test/hh-prefs", "tag": "v1"},
-    }))
+    recipe = convert_recipe(tmp_path, hub, DATA / "preferences.jsonl", "hh_rlhf", "cli-test/hh-prefs",
+                            kind="preference")
     assert main(["data", "convert", "--config", str(recipe)]) == 0
     prefs = load_dataset("cli-test/hh-prefs", "default", revision="v1", split="train")
     row = prefs[0]

@@ -206,6 +206,8 @@ def test_lora_sft_publishes_an_adapter_or_merged_weights_that_load_by_tag(lora_r
     assert ("adapter/adapter_config.json" if merged else "adapter_config.json") in files
     assert ("model.safetensors" in files) == merged
     assert "training_args.bin" not in files and "adapter/training_args.bin" not in files
+    # an adapter has no generation config of its own, so its card's chat snippet names the stop token
+    assert ("eos_token_id=tokenizer.eos_token_id" in _readme(result.release.repo_id, "v1")) != merged
 
 
 def test_a_run_from_a_lora_adapter_release_merges_it_into_its_base_first(published, sft_full, lora_runs, tmp_path):

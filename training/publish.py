@@ -76,7 +76,8 @@ def publish_model(
         license=recipe.output.license,
         tags=["trl", recipe.kind, *(["lora"] if lora else [])],
         statistics=_statistics(summary, data),
-        extra_sections={"Training": _training_section(recipe, summary), "Chat": _chat_section()},
+        extra_sections={"Training": _training_section(recipe, summary),
+                        "Chat": _chat_section(adapter_only=library == "peft")},
         metadata=metadata,
     )
     revision_hint = recipe.output.tag or recipe.output.branch
@@ -137,14 +138,26 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
 
-def _chat_section() -> str:
+def _chat_section(adapter_only: bool) -> str:
+    """How to chat with the release; an unmerged adapter has no generation config of its own."""
+    if adapter_only:
+        stopping = (
+            "The tokenizer carries the chat template the model was trained with. An adapter has no generation "
+            "config of its own (loaders use the base model's), so pass the end-of-turn token explicitly:"
+        )
+        stop_kwarg = ", eos_token_id=tokenizer.eos_token_id"
+    else:
+        stopping = (
+            "The tokenizer carries the chat template the model was trained with, and the generation config "
+            "stops at the end of the assistant's turn."
+        )
+        stop_kwarg = ""
     return (
-        "The tokenizer carries the chat template the model was trained with, and the generation config stops "
-        "at the end of the assistant's turn. With `model` and `tokenizer` loaded as above:\n\n"
+        f"{stopping} With `model` and `tokenizer` loaded as above:\n\n"
         '```python\nmessages = [{"role": "user", "content": "Hello!"}]\n'
         "inputs = tokenizer.apply_chat_template(\n"
         '    messages, add_generation_prompt=True, return_tensors="pt", return_dict=True\n'
         ")\n"
-        "output = model.generate(**inputs, max_new_tokens=256)\n"
+        f"output = model.generate(**inputs, max_new_tokens=256{stop_kwarg})\n"
         'print(tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))\n```'
     )

@@ -18,14 +18,12 @@ import hashlib
 import os
 import resource
 import shutil
-import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from alignsmith.hub.local import configure_client_env, ensure_local_hub
-from alignsmith.hub.server import read_state
+from alignsmith.hub.local import configure_client_env, ensure_local_hub, stop_local_hub
 
 CHUNK = 8 * 1024 * 1024
 
@@ -109,10 +107,7 @@ def main() -> int:
         print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
     finally:
         if hub is not None:
-            os.kill(hub.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while read_state(hub.root) is not None and time.monotonic() < deadline:
-                time.sleep(0.05)
+            stop_local_hub(hub.root)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -176,14 +176,18 @@ def main() -> None:
         device_name, peak = f"CPU, {torch.get_num_threads()} threads", None
 
     from alignsmith.endpoint import connect
+    from alignsmith.hub.local import stop_local_hub
     from alignsmith.recipes import HubRecipe
 
     with tempfile.TemporaryDirectory(prefix="alignsmith-bench-") as tmp:
         work = Path(tmp)
         connect(HubRecipe(hub="local", hub_root=str(work / "hub")))  # the releases go to a throwaway embedded Hub
-        params = build_model(setup, work / "model")
-        rows = {mode: run_once(setup, work / "model", work, mode, args.device, args.attn_implementation)
-                for mode in PACKINGS}
+        try:
+            params = build_model(setup, work / "model")
+            rows = {mode: run_once(setup, work / "model", work, mode, args.device, args.attn_implementation)
+                    for mode in PACKINGS}
+        finally:
+            stop_local_hub(work / "hub")
 
     print(f"\ncommand: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')} python "
           + " ".join(shlex.quote(a) for a in sys.argv))

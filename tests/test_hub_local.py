@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import time
 
 import datasets.config
 import huggingface_hub.constants
@@ -16,16 +14,8 @@ from huggingface_hub import HfApi
 
 from alignsmith.hub.auth import TokenError, admin_token, create_token
 from alignsmith.hub import local
-from alignsmith.hub.local import HubStartError, configure_client_env, default_root, ensure_local_hub
+from alignsmith.hub.local import HubStartError, configure_client_env, default_root, ensure_local_hub, stop_local_hub
 from alignsmith.hub.server import HubServer, HubServerError, read_state
-
-
-def stop_background_hub(pid: int, root) -> None:
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while read_state(root) is not None and time.monotonic() < deadline:  # a clean stop removes server.json
-        time.sleep(0.05)
-    assert read_state(root) is None
 
 
 def test_ensure_local_hub_starts_once_and_is_found_again(tmp_path):
@@ -42,7 +32,9 @@ def test_ensure_local_hub_starts_once_and_is_found_again(tmp_path):
         with pytest.raises(HubServerError, match="already using"):
             HubServer(tmp_path)  # one server per root
     finally:
-        stop_background_hub(hub.pid, tmp_path)
+        assert stop_local_hub(tmp_path) == hub.pid
+    assert read_state(tmp_path) is None  # a clean stop removes server.json
+    assert stop_local_hub(tmp_path) is None
 
 
 def test_a_server_that_does_not_come_up_in_time_is_killed_and_reaped(tmp_path, monkeypatch):

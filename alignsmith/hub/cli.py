@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 from pathlib import Path
 from typing import Sequence
 
@@ -37,20 +35,11 @@ def stop(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="alignsmith hub stop", description="Stop the background embedded Hub of a root.")
     _root_arg(parser)
     args = parser.parse_args(argv)
-    from alignsmith.hub.local import default_root
-    from alignsmith.hub.server import read_state
+    from alignsmith.hub.local import default_root, stop_local_hub
 
     root = Path(args.root or default_root()).expanduser().resolve()
-    state = read_state(root)
-    if not state:
-        print(f"no embedded Hub is running for {root}")
-        return 0
-    try:
-        os.kill(int(state["pid"]), signal.SIGTERM)
-    except ProcessLookupError:
-        print(f"the embedded Hub for {root} (pid {state['pid']}) was not running")
-        return 0
-    print(f"stopped the embedded Hub for {root} (pid {state['pid']})")
+    pid = stop_local_hub(root)
+    print(f"stopped the embedded Hub for {root} (pid {pid})" if pid else f"no embedded Hub is running for {root}")
     return 0
 
 

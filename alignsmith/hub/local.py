@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -94,6 +95,19 @@ def ensure_local_hub(root: Path | None = None) -> LocalHub:
             process.wait()  # reap it: a caller that lives on must not collect zombies
         tail = (root / LOG_FILE).read_text(errors="replace")[-2000:]
         raise HubStartError(f"the embedded Hub for {root} did not start (log {root / LOG_FILE}):\n{tail}")
+
+
+def stop_local_hub(root: Path | None = None, timeout: float = 10.0) -> int | None:
+    """Stop the background embedded Hub serving ``root``; returns its pid, or None if none was running."""
+    root = Path(root or default_root()).expanduser().resolve()
+    hub = _running(root)
+    if hub is None:
+        return None
+    os.kill(hub.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while read_state(root) is not None and time.monotonic() < deadline:  # the server removes it on exit
+        time.sleep(0.05)
+    return hub.pid
 
 
 def configure_client_env(url: str, token: str | None, disable_xet: bool = True) -> None:

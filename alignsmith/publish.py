@@ -133,11 +133,18 @@ def publish_dataset(
     """Publish ``{config: {split: datasets.Dataset}}`` plus card, recipe and figures as one commit.
 
     Parquet shards embed image bytes (like ``push_to_hub``) so ``Image`` columns survive; each config
-    lives under ``{config}/`` and is declared in the card's ``configs:`` block.
+    lives under ``{config}/`` and is declared in the card's ``configs:`` block. Splits without rows
+    are left out (``datasets`` cannot load an empty split), and so are configs left with none; the
+    card's statistics are where such zero counts belong.
     """
     from datasets.table import embed_table_storage
     from huggingface_hub import CommitOperationAdd
 
+    configs = {name: kept for name, splits in configs.items() if (kept := {s: ds for s, ds in splits.items() if len(ds)})}
+    if not configs:
+        raise ValueError(f"nothing to publish to {output.repo_id}: every split is empty")
+    if default_config not in configs:
+        default_config = None
     with tempfile.TemporaryDirectory(prefix="alignsmith-publish-") as tmp, _quiet_datasets():
         ops = []
         for config, splits in configs.items():

@@ -23,15 +23,17 @@ alignsmith deita build --config recipes/deita/demo.yaml
 # 3. consume it as any user would
 eval "$(alignsmith hub start | tail -n 1)"
 python - <<'PY'
-from datasets import load_dataset
+from datasets import get_dataset_config_names, load_dataset
 from alignsmith.lineage import read_lineage
 
-selected = load_dataset("alignsmith-demo/deita-hh-rlhf", "selected", revision="v1.0.0", split="train")
-scored = load_dataset("alignsmith-demo/deita-hh-rlhf", "scored", revision="v1.0.0", split="train")
-rejected = load_dataset("alignsmith-demo/deita-hh-rlhf", "rejected", revision="v1.0.0", split="train")
-lineage, sha = read_lineage("alignsmith-demo/deita-hh-rlhf", "dataset", "v1.0.0")
-print(f"\nalignsmith-demo/deita-hh-rlhf@v1.0.0 = {sha}")
-print(f"  scored: {scored.num_rows} rows, rejected: {rejected.num_rows} rows")
+repo = "alignsmith-demo/deita-hh-rlhf"
+configs = get_dataset_config_names(repo, revision="v1.0.0")
+selected = load_dataset(repo, "selected", revision="v1.0.0", split="train")
+scored = load_dataset(repo, "scored", revision="v1.0.0", split="train")
+rejected = load_dataset(repo, "rejected", revision="v1.0.0", split="train").num_rows if "rejected" in configs else 0
+lineage, sha = read_lineage(repo, "dataset", "v1.0.0")
+print(f"\n{repo}@v1.0.0 = {sha} (configs: {', '.join(configs)})")
+print(f"  scored: {scored.num_rows} rows, rejected: {rejected} rows")
 print(f"  selected: {selected.num_rows} rows; top row {selected[0]['id']!r} (final score {selected[0]['final_score']:.3f})")
 print(f"  lineage: pool {lineage.inputs[0].repo_id} sha256 {lineage.inputs[0].sha[:12]}, "
       + ", ".join(f"{m.role} {m.repo_id}@{m.sha[:12]}" for m in lineage.models))

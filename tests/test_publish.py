@@ -90,3 +90,16 @@ def test_a_space_folder_publishes_with_its_own_card(hub, tmp_path):
 def test_publishing_a_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         publish_folder(OutputRepo(repo_id="pub-test/none"), tmp_path / "absent", "card", lineage())
+
+
+def test_empty_splits_and_configs_are_left_out(hub):
+    rows = datasets.Dataset.from_dict({"id": ["a"]})
+    empty = datasets.Dataset.from_dict({"id": []}, features=rows.features)
+    content = CardContent(title="t", summary="s")
+    publish_dataset(OutputRepo(repo_id="pub-test/empty", tag="v1"),
+                    {"kept": {"train": rows, "test": empty}, "rejected": {"train": empty}}, content, lineage(),
+                    default_config="rejected")
+    assert datasets.get_dataset_config_names("pub-test/empty", revision="v1") == ["kept"]
+    assert list(datasets.load_dataset("pub-test/empty", "kept", revision="v1")) == ["train"]
+    with pytest.raises(ValueError, match="every split is empty"):
+        publish_dataset(OutputRepo(repo_id="pub-test/empty", tag="v2"), {"x": {"train": empty}}, content, lineage())

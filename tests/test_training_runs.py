@@ -19,6 +19,7 @@ import datasets
 import pytest
 import yaml
 from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.errors import RepositoryNotFoundError
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
@@ -294,6 +295,24 @@ def test_two_stage_pipeline_chains_sft_into_dpo_through_the_hub(published, tmp_p
 
     # a re-run finds both stages published by the same recipes and trains nothing
     assert run_pipeline(recipe) == [first, second]
+
+
+def test_a_later_stage_with_missing_data_stops_the_pipeline_before_it_trains(published, tmp_path):
+    recipe = build(PipelineRecipe, {
+        "base_model": {"path": published["base"], "revision": "v1"},
+        "defaults": {"training": {**CPU, "max_steps": 2, "save_strategy": "no", "max_length": 64}},
+        "stages": [
+            {"kind": "sft", "data": {"datasets": [{"path": published["sft"], "revision": "v1"}]},
+             "output": {"repo_id": f"{NS}/never-sft", "tag": "v1"}, "output_dir": str(tmp_path / "sft")},
+            {"kind": "dpo", "data": {"datasets": [{"path": published["dpo"], "revision": "v404"}]},
+             "output": {"repo_id": f"{NS}/never-dpo", "tag": "v1"}, "output_dir": str(tmp_path / "dpo")},
+        ],
+    })
+    with pytest.raises(ValueError, match=r"stages\[1\]\.data: dataset .* has no revision 'v404'"):
+        run_pipeline(recipe)
+    assert not (tmp_path / "sft").exists()
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi().repo_info(f"{NS}/never-sft")
 
 
 KILL_AT_STEP = textwrap.dedent(

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
-from alignsmith.lineage import read_lineage
+from alignsmith.lineage import read_lineage, resolve
 from alignsmith.publish import Release, TagExistsError
 from alignsmith.recipes import to_dict
 
@@ -23,8 +24,10 @@ log = logging.getLogger(__name__)
 
 def run(recipe: PipelineRecipe) -> list[Release]:
     """Entry point for ``alignsmith train run``: run every stage in order; returns their releases."""
+    stages = recipe.stage_recipes()
+    _check_data_exists(stages)
     releases: list[Release] = []
-    for index, stage in enumerate(recipe.stage_recipes()):
+    for index, stage in enumerate(stages):
         if releases:
             stage = _starting_from(stage, releases[-1].commit_sha)
         name = f"stage {index + 1}/{len(recipe.stages)} ({stage.kind} -> {stage.output.repo_id})"
@@ -36,6 +39,14 @@ def run(recipe: PipelineRecipe) -> list[Release]:
         log.info("%s: starting from %s@%s", name, stage.base_model.path, stage.base_model.revision)
         releases.append(train(stage).release)
     return releases
+
+
+def _check_data_exists(stages: list[TrainRecipe]) -> None:
+    """Find a later stage's missing dataset or revision before the first stage spends its compute."""
+    for index, stage in enumerate(stages):
+        for entry in stage.data.datasets:
+            if not Path(entry.path).expanduser().exists():  # local paths win, as in load_source
+                resolve(f"stages[{index}].data", entry.path, "dataset", entry.revision)
 
 
 def _starting_from(stage: TrainRecipe, sha: str) -> TrainRecipe:

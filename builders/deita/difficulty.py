@@ -82,8 +82,8 @@ class DifficultyScorer(PinnedModel):
             text = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": instruction}], add_generation_prompt=True, tokenize=False
             )
-            return self.tokenizer.encode(text, add_special_tokens=False)
-        return self.tokenizer.encode(instruction + "\n")
+            return self.tokenizer.encode(text, add_special_tokens=False, verbose=False)
+        return self.tokenizer.encode(instruction + "\n", verbose=False)
 
     def score_records(
         self, records: Sequence[Mapping[str, Any]], *, on_error: OnError = "error"
@@ -130,7 +130,7 @@ class DifficultyScorer(PinnedModel):
         if turn.response_field is None:
             raise ref.error(turn.instruction_field, "the first user message has no assistant reply", "no_assistant")
         prompt = np.asarray(self.prompt_ids(turn.instruction), dtype=np.int32)
-        response = np.asarray(self.tokenizer.encode(turn.response, add_special_tokens=False), dtype=np.int32)
+        response = np.asarray(self.tokenizer.encode(turn.response, add_special_tokens=False, verbose=False), dtype=np.int32)
         room = self.max_length - max(len(prompt), len(self.document_start))
         if room < 1:
             raise ref.error(

@@ -146,7 +146,7 @@ class CausalLMEmbedder(PinnedModel):
     @torch.inference_mode()
     def embed_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings in input order, and which texts were cut to ``max_length`` tokens."""
-        encoded = [np.asarray(self.tokenizer.encode(text), dtype=np.int32) for text in texts]
+        encoded = [np.asarray(self.tokenizer.encode(text, verbose=False), dtype=np.int32) for text in texts]
         truncated = np.array([len(ids) > self.max_length for ids in encoded], dtype=bool)
         for i in np.flatnonzero(truncated):  # as the tokenizer truncates: keeps the beginning and any specials
             ids = self.tokenizer.encode(texts[i], truncation=True, max_length=self.max_length)
@@ -190,7 +190,7 @@ class SentenceTransformerEmbedder(PinnedModel):
     def embed_records(self, records: Sequence[Mapping[str, Any]]) -> Embeddings:
         texts = embedding_texts(records, self.only_answer)
         limit = self.model.max_seq_length
-        lengths = [len(ids) for ids in self.model.tokenizer(texts)["input_ids"]]
+        lengths = [len(ids) for ids in self.model.tokenizer(texts, verbose=False)["input_ids"]]
         truncated = np.array([limit is not None and n > limit for n in lengths], dtype=bool)
         vectors = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False)
         return Embeddings([r["id"] for r in records], vectors.astype(self.output_dtype, copy=False), truncated)

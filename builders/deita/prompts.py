@@ -145,7 +145,7 @@ def encode_within(
     it fits.
     """
     texts = [slot.text for slot in slots]
-    ids = tokenizer.encode(render(*texts))
+    ids = tokenizer.encode(render(*texts), verbose=False)
     if len(ids) <= max_length:
         return EncodedPrompt(np.asarray(ids, dtype=np.int32), False)
     if not truncate:
@@ -161,7 +161,7 @@ def encode_within(
             raise PromptTooLongError(
                 f"prompt is {len(ids)} tokens even without user text, over max_length {max_length}"
             )
-        ids = tokenizer.encode(render(*texts))
+        ids = tokenizer.encode(render(*texts), verbose=False)
     return EncodedPrompt(np.asarray(ids, dtype=np.int32), True)
 
 
@@ -169,7 +169,7 @@ def _cut(tokenizer: PreTrainedTokenizerBase, text: str, keep: Literal["head", "t
     """Remove up to ``n`` tokens from the far end of ``text``; returns the rest and how many went."""
     if not text or n <= 0:
         return text, 0
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
     removed = min(n, len(offsets))
     kept = len(offsets) - removed
     if kept == 0:

@@ -1,7 +1,7 @@
 """Dataset and model cards that follow the Hub's conventions and carry alignsmith lineage.
 
 Metadata goes in the YAML front matter (``configs``, ``dataset_info``, ``source_datasets``,
-``base_model``, ``model-index``...) so the Hub, ``datasets`` and ``transformers`` understand it;
+``base_model``, ``datasets``...) so the Hub, ``datasets`` and ``transformers`` understand it;
 the markdown body is for people: how to load it, what is in it, and plots of the distributions.
 """
 
@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import yaml
 
 from alignsmith.lineage import LINEAGE_KEY, Lineage
+
+if TYPE_CHECKING:
+    from huggingface_hub import EvalResult
 
 
 @dataclass
@@ -132,10 +135,14 @@ def model_card(
     base_model: str | None,
     library_name: str = "transformers",
     pipeline_tag: str = "text-generation",
-    eval_results: Sequence[Mapping[str, Any]] = (),
+    eval_results: Sequence["EvalResult"] = (),
     revision_hint: str = "main",
 ) -> str:
-    """A model card; ``eval_results`` entries become ``model-index`` results (name/type/value/dataset)."""
+    """A model card whose ``datasets`` list links the training data's Hub pages.
+
+    ``eval_results`` (``huggingface_hub.EvalResult``) become the card's ``model-index``, the shape the
+    Hub and leaderboards read.
+    """
     metadata: dict[str, Any] = {}
     if base_model:
         metadata["base_model"] = base_model
@@ -144,11 +151,12 @@ def model_card(
     if content.license:
         metadata["license"] = content.license
     metadata["tags"] = sorted({"alignsmith", *content.tags})
-    datasets = list(dict.fromkeys(r.repo_id for r in lineage.inputs if r.repo_type == "dataset"))
-    if datasets:
-        metadata["datasets"] = datasets
+    if lineage.source_datasets():
+        metadata["datasets"] = lineage.source_datasets()
     if eval_results:
-        metadata["model-index"] = [{"name": repo_id, "results": [dict(r) for r in eval_results]}]
+        from huggingface_hub.repocard_data import eval_results_to_model_index
+
+        metadata["model-index"] = eval_results_to_model_index(repo_id, list(eval_results))
     metadata.update(content.metadata)
     metadata[LINEAGE_KEY] = lineage.to_metadata()
     if library_name == "peft":

@@ -183,18 +183,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_recipe_help(stage, name, cmd)
         return 0
     _setup_logging(verbose)
+    import httpx  # the Hub clients' transport: its errors are not all OSErrors
+
     try:
         if cmd.recipe:
             run_recipe_command(cmd, rest)
         else:
             runner: Callable[[Sequence[str]], int | None] = _resolve(cmd.run)
             return int(runner(rest) or 0)
-    except (ValueError, OSError) as err:  # bad input and unreachable/missing resources: a message, not a traceback
+    except (ValueError, OSError, httpx.HTTPError) as err:  # bad input, unreachable/missing resources
         if verbose:
             raise
-        print(f"alignsmith {stage} {name}: error: {err}\n(run with --verbose for the traceback)", file=sys.stderr)
+        print(f"alignsmith {stage} {name}: error: {_describe(err)}\n(run with --verbose for the traceback)",
+              file=sys.stderr)
         return 1
     return 0
+
+
+def _describe(err: Exception) -> str:
+    """The error's message; for a failed connection, also the URL that could not be reached."""
+    import httpx
+
+    if isinstance(err, httpx.TransportError):
+        try:
+            return f"cannot reach {err.request.url}: {err}"
+        except RuntimeError:  # raised by httpx when the error carries no request
+            return f"cannot reach the Hub: {err}"
+    return str(err)
 
 
 if __name__ == "__main__":

@@ -58,8 +58,8 @@ class Lineage:
         return cls(**data)
 
     def source_datasets(self) -> list[str]:
-        """``repo@sha`` strings for the card's ``source_datasets`` field."""
-        return [f"{r.repo_id}@{r.sha}" if r.sha else r.repo_id for r in self.inputs if r.repo_type == "dataset"]
+        """Hub dataset ids for the card's ``source_datasets`` field (the Hub links ids; the shas are in the lineage)."""
+        return list(dict.fromkeys(r.repo_id for r in self.inputs if r.repo_type == "dataset"))
 
 
 def resolve(role: str, repo_id_or_path: str, repo_type: RepoType = "model", revision: str | None = None) -> ArtifactRef:

@@ -12,7 +12,6 @@ Kept free of heavy imports at module level: recipes import :class:`DatasetSource
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from alignsmith.lineage import ArtifactRef, content_sha256, resolve
 from alignsmith.converters import FORMATS, ConversionResult, Kind, OnInvalid, convert_rows
 from alignsmith.recipes import help_text
 
@@ -81,15 +81,11 @@ class LoadedSource:
     def is_hub(self) -> bool:
         return self.sha is not None
 
-    def lineage(self) -> dict[str, Any]:
-        return {
-            "path": self.source.path,
-            "config": self.source.config,
-            "split": self.source.split,
-            "revision": self.source.revision,
-            "sha": self.sha,
-            "files": dict(self.files),
-        }
+    def artifact_ref(self, role: str) -> ArtifactRef:
+        """The source pinned for lineage: the Hub commit it was read at, or a local path's content hash."""
+        if self.is_hub:
+            return ArtifactRef(role, self.source.path, "dataset", self.source.revision, self.sha)
+        return resolve(role, self.source.path)
 
     def to_records(
         self, kind: Kind, *, on_invalid: OnInvalid = "error", require_assistant: bool = True
@@ -171,7 +167,7 @@ def _load_file(src: DatasetSource, path: Path) -> LoadedSource:
     with _explained(src):
         # the file is the requested split, whatever its name
         dataset = datasets.load_dataset(builder, data_files={src.split: str(path)}, split=src.split)
-    return LoadedSource(src, dataset, _file_name(path), None, {path.name: _sha256(path)}, path.parent.resolve())
+    return LoadedSource(src, dataset, _file_name(path), None, {path.name: content_sha256(path)}, path.parent.resolve())
 
 
 def _file_name(path: Path) -> str:
@@ -198,7 +194,7 @@ def _load_folder(src: DatasetSource, folder: Path) -> LoadedSource:
         )
     with _explained(src):
         dataset = datasets.load_dataset(str(folder), name=src.config, split=src.split, data_files=src.data_files)
-    files = {str(Path(f).relative_to(folder.resolve())): _sha256(Path(f)) for f in data_files[src.split]}
+    files = {str(Path(f).relative_to(folder.resolve())): content_sha256(Path(f)) for f in data_files[src.split]}
     return LoadedSource(src, dataset, folder.resolve().name, None, files, folder.resolve())
 
 
@@ -213,11 +209,6 @@ def _load_hub(src: DatasetSource) -> LoadedSource:
             src.path, name=src.config, split=src.split, revision=sha, data_files=src.data_files
         )
     return LoadedSource(src, dataset, src.path, sha, {}, None)
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @contextmanager

@@ -36,7 +36,7 @@ class ConvertRecipe(HubRecipe):
 
 def run(recipe: ConvertRecipe) -> Release:
     from alignsmith.cards import CardContent
-    from alignsmith.lineage import ArtifactRef, Lineage, resolve
+    from alignsmith.lineage import Lineage
     from alignsmith.publish import publish_dataset
     from alignsmith.recipes import to_dict
     from alignsmith.records import conversation_features, dataset_from_rows, preference_features, rejected_features
@@ -52,11 +52,7 @@ def run(recipe: ConvertRecipe) -> Release:
         recipe.config_name: {"train": dataset_from_rows(result.records, features)},
         "rejected": {"train": dataset_from_rows(result.rejected, rejected_features())},
     }
-    if loaded.is_hub:
-        ref = ArtifactRef("source", recipe.source.path, "dataset", recipe.source.revision, loaded.sha)
-    else:
-        ref = resolve("source", recipe.source.path)
-    lineage = Lineage(command="data convert", recipe=to_dict(recipe), inputs=[ref])
+    lineage = Lineage(command="data convert", recipe=to_dict(recipe), inputs=[loaded.artifact_ref("source")])
     stats = {key: value for key, value in summary.items() if not isinstance(value, dict)}
     stats.update({f"rejected: {code}": n for code, n in summary["rejected_by_reason"].items()})
     stats.update({f"format: {name}": n for name, n in summary["formats"].items()})

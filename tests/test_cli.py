@@ -46,6 +46,12 @@ def test_unknown_stage_command_and_recipe_key_are_clear_errors(tmp_path, capsys)
     assert "unknown key 'outptu'" in err and "did you mean 'output'" in err and "Traceback" not in err
 
 
+def test_an_unreachable_hub_is_a_clear_error():
+    done = run_cli("lineage", "show", "org/anything", "--hub", "http://127.0.0.1:1")
+    assert done.returncode == 1
+    assert "cannot reach http://127.0.0.1:1/" in done.stderr and "Traceback" not in done.stderr
+
+
 def convert_recipe(tmp_path, hub, source: Path, fmt: str, repo_id: str, **keys) -> Path:
     recipe = tmp_path / "convert.yaml"
     recipe.write_text(yaml.safe_dump({"hub": hub.url, "source": {"path": str(source), "format": fmt},

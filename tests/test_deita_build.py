@@ -13,7 +13,11 @@ import yaml
 from datasets import load_dataset
 
 from alignsmith.cli import main
-from alignsmith.lineage import read_lineage
+from alignsmith.lineage import ArtifactRef, read_lineage
+from alignsmith.recipes import build
+from alignsmith.shards import ShardMismatchError
+from builders.deita.build import Models, Pool, Work
+from builders.deita.recipe import DeitaRecipe
 from builders.deita.selection import select_diverse
 
 POOL_ROWS = 40
@@ -91,6 +95,8 @@ def test_build_publishes_scored_selected_and_lineage(tmp_path, pool, scorer, hub
     assert [scored[int(i)]["id"] for i in expected.selected] == selected["id"]
     decisions = dict(zip(scored["id"], scored["selection_decision"]))
     assert all(decisions[i] == "selected" for i in selected["id"])
+    nearest = expected.row_report()["nearest_selected_row"]
+    assert scored["nearest_selected_id"] == [scored[int(j)]["id"] if j >= 0 else None for j in nearest]
 
     lineage, sha = read_lineage("deita-test/full", "dataset", "v1.0.0")
     scorer_sha = read_lineage(scorer, "model", "v1")[1]
@@ -196,3 +202,32 @@ def test_baseline_strategies_publish_their_selection(tmp_path, pool, scorer, hub
         assert lengths == sorted(lengths, reverse=True)
     lineage, _ = read_lineage(repo, "dataset", "v1.0.0")
     assert "difficulty_model" in {m.role for m in lineage.models}
+
+
+def test_other_conversations_under_the_same_ids_and_pool_sha_do_not_reuse_shards(tmp_path):
+    # e.g. another split or `columns` mapping of the same Hub commit, with ids generated from row numbers
+    recipe = build(DeitaRecipe, {"pool": {"path": "org/pool"}, "complexity_scorer": {"model": "org/c"},
+                                 "quality_scorer": {"model": "org/q"}, "embedder": {"model": "org/e"},
+                                 "work_dir": str(tmp_path), "shard_size": 2, "output": {"repo_id": "org/out"}})
+    models = Models(*(ArtifactRef(role, f"org/{role}", "model", None, "b" * 40)
+                      for role in ("complexity_scorer", "quality_scorer", "embedder")), difficulty=None)
+
+    def pool(answer: str) -> Pool:
+        records = [{"id": f"org/pool-{i}", "messages": [{"role": "user", "content": f"question {i}"},
+                                                         {"role": "assistant", "content": f"{answer} {i}"}]}
+                   for i in range(3)]
+        return Pool(None, records, [], ArtifactRef("pool", "org/pool", "dataset", None, "a" * 40))
+
+    Work(recipe, pool("yes"), models)
+    Work(recipe, pool("yes"), models)  # the same job resumes
+    with pytest.raises(ShardMismatchError, match="different job"):
+        Work(recipe, pool("no"), models)
+
+
+def test_a_pool_without_one_valid_row_is_a_clear_error(tmp_path, scorer, hub, capsys):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"id": "only", "conversations": [{"from": "human", "value": "hi"}]}) + "\n")
+    recipe = write_recipe(tmp_path, broken, scorer, hub, "deita-test/empty")
+    assert main(["deita", "build", "--config", str(recipe)]) == 1
+    err = capsys.readouterr().err
+    assert "none of its 1 rows is a valid conversation" in err and "no_assistant" in err and "Traceback" not in err

@@ -49,7 +49,7 @@ def test_multi_config_dataset_with_images_is_one_tagged_commit(hub):
     readme = open(hf_hub_download("pub-test/multi", "README.md", repo_type="dataset", revision="v1.0.0")).read()
     meta = card_metadata(readme)
     assert meta["license"] == "mit" and "demo" in meta["tags"] and "alignsmith" in meta["tags"]
-    assert meta["source_datasets"] == ["org/pool@" + "a" * 40]
+    assert meta["source_datasets"] == ["org/pool"]  # Hub ids; the pinned sha is in the lineage
     assert {c["config_name"] for c in meta["configs"]} == {"images", "scores"}
     info = {c["config_name"]: c for c in meta["dataset_info"]}
     assert {s["name"]: s["num_examples"] for s in info["scores"]["splits"]} == {"train": 3, "test": 3}
@@ -59,6 +59,7 @@ def test_multi_config_dataset_with_images_is_one_tagged_commit(hub):
 
     read, sha = read_lineage("pub-test/multi", "dataset", "v1.0.0")
     assert sha == release.commit_sha and read.recipe == lineage().recipe and read.models[0].sha == "b" * 40
+    assert read.inputs[0].sha == "a" * 40
 
 
 def test_an_existing_tag_is_refused_before_anything_is_uploaded(hub, tmp_path):
@@ -103,3 +104,17 @@ def test_empty_splits_and_configs_are_left_out(hub):
     assert list(datasets.load_dataset("pub-test/empty", "kept", revision="v1")) == ["train"]
     with pytest.raises(ValueError, match="every split is empty"):
         publish_dataset(OutputRepo(repo_id="pub-test/empty", tag="v2"), {"x": {"train": empty}}, content, lineage())
+
+
+def test_model_card_eval_results_are_a_model_index_the_hub_parses(hub, tmp_path):
+    from huggingface_hub import EvalResult, ModelCard
+
+    result = EvalResult(task_type="text-generation", dataset_type="org/eval-set", dataset_name="Eval set",
+                        metric_type="accuracy", metric_value=0.61, dataset_revision="c" * 40, metric_name="judge win-rate")
+    card = model_card("pub-test/evaluated", CardContent(title="E", summary="s"), lineage(), base_model="org/base",
+                      eval_results=[result])
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    release = publish_folder(OutputRepo(repo_id="pub-test/evaluated", tag="v1"), tmp_path / "m", card, lineage())
+    parsed = ModelCard.load(hf_hub_download("pub-test/evaluated", "README.md", revision=release.revision)).data
+    assert parsed.model_name == "pub-test/evaluated" and parsed.eval_results == [result]

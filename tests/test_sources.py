@@ -49,14 +49,9 @@ def test_local_json_list_and_the_requested_split_name():
     loaded = load_source(DatasetSource(str(FIXTURES / "alpaca.json"), split="validation"))
     assert loaded.dataset.split == "validation"
     assert loaded.dataset[0]["instruction"] == "Translate the sentence into French."
-    assert loaded.lineage() == {
-        "path": str(FIXTURES / "alpaca.json"),
-        "config": None,
-        "split": "validation",
-        "revision": None,
-        "sha": None,
-        "files": {"alpaca.json": sha256(FIXTURES / "alpaca.json")},
-    }
+    ref = loaded.artifact_ref("pool")
+    assert (ref.role, ref.repo_id, ref.repo_type) == ("pool", str(FIXTURES / "alpaca.json"), "local")
+    assert ref.sha == sha256(FIXTURES / "alpaca.json")
 
 
 def test_local_parquet_and_compressed_jsonl(tmp_path):
@@ -128,7 +123,8 @@ def test_hub_source_is_pinned_to_the_resolved_commit(hub):
     tagged = load_source(DatasetSource(repo, revision="v1"))
     assert tagged.is_hub and tagged.sha == first
     assert tagged.dataset.to_list() == ALPACA_ROWS
-    assert tagged.lineage()["sha"] == first and tagged.lineage()["revision"] == "v1"
+    ref = tagged.artifact_ref("pool")
+    assert (ref.repo_id, ref.repo_type, ref.revision, ref.sha) == (repo, "dataset", "v1", first)
     assert [r["id"] for r in tagged.to_records("conversation").records] == [f"{repo}-0", f"{repo}-1"]
 
     latest = load_source(DatasetSource(repo))

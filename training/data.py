@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignsmith.converters import Kind
-from alignsmith.lineage import ArtifactRef, content_sha256
+from alignsmith.lineage import ArtifactRef
 from alignsmith.sources import LoadedSource, load_source
 
 from training.recipes import DataRecipe, MixtureEntry
@@ -129,8 +128,4 @@ def weighted_sample(rows: datasets.Dataset, entry: MixtureEntry, seed: tuple[int
 def artifact_ref(loaded: LoadedSource, purpose: str) -> ArtifactRef:
     """The source pinned for lineage (Hub commit, or a local path's content hash), role ``purpose:config/split``."""
     src = loaded.source
-    role = f"{purpose}:{src.config or 'default'}/{src.split}"
-    if loaded.is_hub:
-        return ArtifactRef(role, src.path, "dataset", src.revision, loaded.sha)
-    path = Path(src.path).expanduser().resolve()
-    return ArtifactRef(role, str(path), "local", None, content_sha256(path))
+    return loaded.artifact_ref(f"{purpose}:{src.config or 'default'}/{src.split}")

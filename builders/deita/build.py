@@ -9,6 +9,8 @@ part and ``deita merge`` (same recipe) checks that every shard is there before s
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -16,10 +18,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from alignsmith.lineage import ArtifactRef, Lineage, resolve
-from alignsmith.publish import Release
+from alignsmith.publish import Release, ensure_tag_free
 from alignsmith.recipes import to_dict
 from alignsmith.shards import ShardPlan, ShardStore, fingerprint
-from alignsmith.sources import LoadedSource, load_source
+from alignsmith.sources import LoadedSource, SourceError, load_source
 from builders.deita.recipe import DeitaRecipe
 
 log = logging.getLogger(__name__)
@@ -54,11 +56,11 @@ def load_pool(recipe: DeitaRecipe) -> Pool:
     summary = converted.summary()
     log.info("pool %s: %d rows, %d valid, %d rejected %s", loaded.name, summary["total"], summary["converted"],
              summary["rejected"], summary["rejected_by_reason"] or "")
-    if loaded.is_hub:
-        ref = ArtifactRef("pool", recipe.pool.path, "dataset", recipe.pool.revision, loaded.sha)
-    else:
-        ref = resolve("pool", recipe.pool.path)
-    return Pool(loaded, converted.records, converted.rejected, ref)
+    if not converted.records:
+        raise SourceError(f"pool {recipe.pool.describe()}: none of its {summary['total']} rows is a valid conversation "
+                          f"with an assistant reply (rejected: {summary['rejected_by_reason'] or 'none'}); "
+                          "nothing to score")
+    return Pool(loaded, converted.records, converted.rejected, loaded.artifact_ref("pool"))
 
 
 def pin_models(recipe: DeitaRecipe) -> Models:
@@ -78,14 +80,26 @@ def _load_revision(ref: ArtifactRef) -> str | None:
     return ref.sha if ref.repo_type != "local" else None
 
 
+def records_fingerprint(records: Sequence[dict[str, Any]]) -> str:
+    """A hash of exactly what the models see (ids and messages, in order).
+
+    The pool's commit sha or file hash is not enough: another split, config, ``columns`` mapping or
+    ``format`` of the same source gives other conversations, often under the same generated ids.
+    """
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(json.dumps([record["id"], record["messages"]], sort_keys=True, ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:32]
+
+
 class Work:
     """The shard stores of one build: scores, embeddings and (for perplexity/IFD) difficulty."""
 
     def __init__(self, recipe: DeitaRecipe, pool: Pool, models: Models, process_index: int = 0, num_processes: int = 1):
         self.plan = ShardPlan(len(pool.records), recipe.shard_size, recipe.num_shards, recipe.shard_index,
                               num_processes, process_index)
-        ids = [r["id"] for r in pool.records]
-        base = {"pool": pool.ref.sha, "ids": fingerprint(ids), "shard_size": recipe.shard_size}
+        base = {"records": records_fingerprint(pool.records), "shard_size": recipe.shard_size}
         scoring = {**base, "complexity": [to_dict(recipe.complexity_scorer), models.complexity.sha],
                    "quality": [to_dict(recipe.quality_scorer), models.quality.sha],
                    "context": recipe.context, "truncation": recipe.truncation, "on_invalid": recipe.on_invalid}
@@ -95,7 +109,8 @@ class Work:
         self.embeddings = ShardStore(recipe.work_dir, "embeddings", fingerprint(embedding), n)
         self.difficulty = None
         if models.difficulty is not None:
-            spec = {**base, "model": models.difficulty.repo_id, "sha": models.difficulty.sha}
+            spec = {**base, "model": models.difficulty.repo_id, "sha": models.difficulty.sha,
+                    "on_invalid": recipe.on_invalid}
             self.difficulty = ShardStore(recipe.work_dir, "difficulty", fingerprint(spec), n)
 
     def stores(self) -> list[ShardStore]:
@@ -300,6 +315,7 @@ def _state():
 
 def run(recipe: DeitaRecipe) -> Release | None:
     """``deita build``: compute this worker's shards; on a single machine, then select and publish."""
+    ensure_tag_free(recipe.output.repo_id, "dataset", recipe.output.tag)  # before hours of scoring, not after
     pool = load_pool(recipe)
     models = pin_models(recipe)
     state = _state()
@@ -319,6 +335,7 @@ def run(recipe: DeitaRecipe) -> Release | None:
 
 def merge(recipe: DeitaRecipe) -> Release:
     """``deita merge``: check that every shard is present and consistent, then select and publish."""
+    ensure_tag_free(recipe.output.repo_id, "dataset", recipe.output.tag)
     pool = load_pool(recipe)
     models = pin_models(recipe)
     return select_and_publish(recipe, pool, models, Work(recipe, pool, models))

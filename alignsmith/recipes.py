@@ -152,7 +152,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return {k: _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if tp is str and isinstance(value, float):
+        raise RecipeError(f"{where}: expected a string, got the number {value!r}; quote it (YAML reads 1.10 as 1.1)")
+    if tp is str and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(tp, type) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise RecipeError(f"{where}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")

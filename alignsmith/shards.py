@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -94,7 +95,7 @@ class ShardStore:
 
     def write(self, shard: int, **arrays: np.ndarray) -> None:
         """Atomically store one finished shard's arrays."""
-        tmp = self.path(shard).with_suffix(f".tmp{os.getpid()}")
+        tmp = _temp_name(self.path(shard))
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
             fh.flush()
@@ -121,6 +122,11 @@ class ShardStore:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp = _temp_name(path)
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def _temp_name(path: Path) -> Path:
+    """A temporary sibling no other process, on this machine or another sharing the folder, writes."""
+    return path.with_suffix(f".tmp-{socket.gethostname()}-{os.getpid()}")

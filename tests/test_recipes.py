@@ -66,6 +66,7 @@ def test_unknown_key_is_an_error_naming_it_and_suggesting(tmp_path):
         (["--hub", "ftp://x"], "hub: expected"),
         (["--output.repo_id", "noslash"], "namespace/name"),
         (["--inner.size"], "needs a value"),
+        (["--output.tag", "1.10"], "quote it"),
     ],
 )
 def test_bad_values_are_clear_errors(tmp_path, override, message):

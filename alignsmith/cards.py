@@ -3,20 +3,21 @@
 Metadata goes in the YAML front matter (``configs``, ``dataset_info``, ``source_datasets``,
 ``base_model``, ``datasets``...) so the Hub, ``datasets`` and ``transformers`` understand it;
 the markdown body is for people: how to load it, what is in it, and plots of the distributions.
+Cards are built and read with ``huggingface_hub``'s card classes, so they are written and parsed
+the way the Hub's own clients do (and read back with :func:`alignsmith.frontmatter.card_metadata`).
 """
 
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
-
-import yaml
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from alignsmith.lineage import LINEAGE_KEY, Lineage
 
 if TYPE_CHECKING:
-    from huggingface_hub import EvalResult
+    from huggingface_hub import EvalResult, RepoCard
 
 
 @dataclass
@@ -46,9 +47,14 @@ class CardContent:
     metadata: dict[str, Any] = field(default_factory=dict)  # extra front-matter keys
 
 
-def render(metadata: Mapping[str, Any], body: str) -> str:
-    front = yaml.safe_dump(dict(metadata), sort_keys=False, allow_unicode=True, width=120)
-    return f"---\n{front}---\n\n{body.strip()}\n"
+def _card_text(card_class: type["RepoCard"], metadata: Mapping[str, Any], body: str) -> str:
+    """The card's text, its front matter written by ``card_class``'s card data.
+
+    Later keys of ``metadata`` win, as in a dict. The text is read back through ``card_class`` so a
+    value YAML cannot load safely (a numpy scalar, say) fails here rather than on the Hub.
+    """
+    data = card_class.card_data_class(**metadata)
+    return str(card_class(f"---\n{data.to_yaml()}\n---\n\n{body.strip()}\n"))
 
 
 def dataset_metadata(configs: Mapping[str, Mapping[str, Any]], default_config: str | None) -> dict[str, Any]:
@@ -109,22 +115,24 @@ def dataset_card(
     default_config: str | None = None,
     revision_hint: str = "main",
 ) -> str:
-    metadata: dict[str, Any] = {}
-    if content.license:
-        metadata["license"] = content.license
-    metadata["tags"] = sorted({"alignsmith", *content.tags})
-    if lineage.source_datasets():
-        metadata["source_datasets"] = lineage.source_datasets()
-    metadata.update(content.metadata)
-    metadata.update(dataset_metadata(configs, default_config))
-    metadata[LINEAGE_KEY] = lineage.to_metadata()
+    """A ``DatasetCard`` declaring the ``{config}/{split}`` parquet layout and linking the source datasets."""
+    from huggingface_hub import DatasetCard
+
+    metadata = {
+        "license": content.license or None,  # None-valued keys are left out of the card
+        "tags": sorted({"alignsmith", *content.tags}),
+        "source_datasets": lineage.source_datasets() or None,
+        **content.metadata,
+        **dataset_metadata(configs, default_config),
+        LINEAGE_KEY: lineage.to_metadata(),
+    }
     first = default_config or next(iter(configs))
     usage = (
         "```python\nfrom datasets import load_dataset\n\n"
         f'ds = load_dataset("{repo_id}", "{first}", revision="{revision_hint}")\n```\n\n'
         "Configs: " + ", ".join(f"`{c}` ({', '.join(s)})" for c, s in configs.items()) + "."
     )
-    return render(metadata, _body(content, lineage, usage))
+    return _card_text(DatasetCard, metadata, _body(content, lineage, usage))
 
 
 def model_card(
@@ -138,27 +146,25 @@ def model_card(
     eval_results: Sequence["EvalResult"] = (),
     revision_hint: str = "main",
 ) -> str:
-    """A model card whose ``datasets`` list links the training data's Hub pages.
+    """A ``ModelCard`` whose ``datasets`` list links the training data's Hub pages.
 
-    ``eval_results`` (``huggingface_hub.EvalResult``) become the card's ``model-index``, the shape the
-    Hub and leaderboards read.
+    ``eval_results`` (``huggingface_hub.EvalResult``) become the card's ``model-index`` under the
+    name ``repo_id``, the shape the Hub and leaderboards read.
     """
-    metadata: dict[str, Any] = {}
-    if base_model:
-        metadata["base_model"] = base_model
-    metadata["library_name"] = library_name
-    metadata["pipeline_tag"] = pipeline_tag
-    if content.license:
-        metadata["license"] = content.license
-    metadata["tags"] = sorted({"alignsmith", *content.tags})
-    if lineage.source_datasets():
-        metadata["datasets"] = lineage.source_datasets()
-    if eval_results:
-        from huggingface_hub.repocard_data import eval_results_to_model_index
+    from huggingface_hub import ModelCard
 
-        metadata["model-index"] = eval_results_to_model_index(repo_id, list(eval_results))
-    metadata.update(content.metadata)
-    metadata[LINEAGE_KEY] = lineage.to_metadata()
+    metadata = {
+        "base_model": base_model or None,  # None-valued keys are left out of the card
+        "library_name": library_name,
+        "pipeline_tag": pipeline_tag,
+        "license": content.license or None,
+        "tags": sorted({"alignsmith", *content.tags}),
+        "datasets": lineage.source_datasets() or None,
+        "eval_results": list(eval_results) or None,
+        "model_name": repo_id if eval_results else None,
+        **content.metadata,
+        LINEAGE_KEY: lineage.to_metadata(),
+    }
     if library_name == "peft":
         load = (
             "```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
@@ -171,29 +177,53 @@ def model_card(
             f'model = AutoModelForCausalLM.from_pretrained("{repo_id}", revision="{revision_hint}")\n'
             f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}", revision="{revision_hint}")\n```'
         )
-    return render(metadata, _body(content, lineage, load))
+    return _card_text(ModelCard, metadata, _body(content, lineage, load))
 
 
 def histogram(series: Mapping[str, Sequence[float]], title: str, xlabel: str, filename: str, bins: int = 40) -> Figure:
     """Overlaid histograms as a PNG, for distributions a researcher would rather see than read."""
+    import numpy as np
+
+    with _figure(title, xlabel, "rows", filename) as (ax, figures):
+        for label, values in series.items():
+            values = np.asarray(values, dtype=float)
+            values = values[np.isfinite(values)]
+            if values.size:
+                ax.hist(values, bins=bins, alpha=0.55, label=f"{label} (n={values.size})")
+    return figures[0]
+
+
+def line_plot(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: str, xlabel: str, ylabel: str, filename: str
+) -> Figure:
+    """Curves (``label -> (x, y)``) as a PNG, e.g. a training loss by step."""
+    with _figure(title, xlabel, ylabel, filename) as (ax, figures):
+        for label, (x, y) in series.items():
+            if len(x):
+                ax.plot(x, y, marker="." if len(x) < 50 else None, label=label)
+    return figures[0]
+
+
+@contextmanager
+def _figure(title: str, xlabel: str, ylabel: str, filename: str) -> Iterator[tuple[Any, list[Figure]]]:
+    """One matplotlib axis to draw on; on exit the PNG is appended to the yielded list."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    for label, values in series.items():
-        values = np.asarray(values, dtype=float)
-        values = values[np.isfinite(values)]
-        if values.size:
-            ax.hist(values, bins=bins, alpha=0.55, label=f"{label} (n={values.size})")
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("rows")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return Figure(filename, title, buffer.getvalue())
+    figures: list[Figure] = []
+    try:
+        yield ax, figures
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        figures.append(Figure(filename, title, buffer.getvalue()))
+    finally:
+        plt.close(fig)

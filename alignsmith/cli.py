@@ -1,8 +1,10 @@
-"""The ``alignsmith`` command: ``alignsmith <stage> <command> --config RECIPE [--key value ...]``.
+"""The ``alignsmith`` command: ``alignsmith <group> <command> --config RECIPE [--key value ...]``.
 
-Commands are registered by import path and imported only when run, so ``alignsmith --help`` is
-instant and a stage's heavy dependencies load only for that stage. Recipe commands share one
-shape: read the recipe, apply overrides, connect to the Hub the recipe names, run.
+Each package declares its command group in its own ``commands.py`` and registers it under the
+``alignsmith.commands`` entry point (see ``pyproject.toml``), so a new stage never touches this
+module. A group is named for its folder (``build`` is ``builders/``, ``train`` is ``training/``),
+and a command's ``run`` points at the module that implements it. Commands are imported only when
+run, so ``alignsmith --help`` is instant and a stage's heavy dependencies load only for that stage.
 """
 
 from __future__ import annotations
@@ -11,99 +13,61 @@ import argparse
 import importlib
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import entry_points
 from typing import Any, Callable, Sequence
 
 from alignsmith import __version__
+from alignsmith.errors import AlignsmithError
 from alignsmith.recipes import describe, load_recipe
 
 log = logging.getLogger("alignsmith")
 
+ENTRY_POINT_GROUP = "alignsmith.commands"
+
 
 @dataclass(frozen=True)
 class Command:
-    """A CLI command: either a recipe command (``recipe`` + ``run``) or a plain one (``main``)."""
+    """A CLI command: a recipe command (``recipe`` + ``run(recipe)``) or a plain one (``run(argv)``)."""
 
     help: str
-    run: str  # "module:function"; recipe commands take the recipe, plain ones take argv
+    run: str  # "module:function"
     recipe: str | None = None  # "module:DataclassName"
-    example: str | None = None
+    example: str | None = None  # a recipe file to show in --help
+    deprecated: tuple[str, ...] = ()  # old spellings ("deita build") that still work, with a warning
 
 
-COMMANDS: dict[str, dict[str, Command]] = {
-    "hub": {
-        "serve": Command("Run the embedded Hub server in the foreground.", "alignsmith.hub.cli:serve"),
-        "start": Command("Start the embedded Hub in the background (or find the running one).", "alignsmith.hub.cli:start"),
-        "stop": Command("Stop the background embedded Hub of a storage folder.", "alignsmith.hub.cli:stop"),
-        "token": Command("Create an access token for the embedded Hub.", "alignsmith.hub.cli:token"),
-    },
-    "models": {
-        "tiny": Command("Build a tiny offline model (seeded) and optionally publish it.", "alignsmith.tiny_cli:main"),
-    },
-    "data": {
-        "convert": Command(
-            "Convert a dataset (ShareGPT, Alpaca, messages, prompt/completion, preference) to alignsmith "
-            "records, validate it, and publish it.",
-            "builders.convert:run",
-            recipe="builders.convert:ConvertRecipe",
-            example="recipes/data/hh_rlhf_pool.yaml",
-        ),
-    },
-    "deita": {
-        "build": Command(
-            "Score, embed and select a pool (resumable, sharded), then publish the dataset.",
-            "builders.deita.build:run",
-            recipe="builders.deita.recipe:DeitaRecipe",
-            example="recipes/deita/demo.yaml",
-        ),
-        "merge": Command(
-            "After a multi-machine build: check every shard is present, then select and publish.",
-            "builders.deita.build:merge",
-            recipe="builders.deita.recipe:DeitaRecipe",
-            example="recipes/deita/released_scorers.yaml",
-        ),
-    },
-    "train": {
-        "sft": Command(
-            "Supervised fine-tuning (full or LoRA) on published datasets; pushes the model with its card.",
-            "training.train:run",
-            recipe="training.recipes:SFTRecipe",
-            example="recipes/train/tiny_sft.yaml",
-        ),
-        "dpo": Command(
-            "Direct preference optimisation on published preference data; pushes the model.",
-            "training.train:run",
-            recipe="training.recipes:DPORecipe",
-            example="recipes/train/tiny_dpo.yaml",
-        ),
-        "run": Command(
-            "A multi-stage run (e.g. SFT then DPO, or the U-shaped schedule), each stage reading the last.",
-            "training.pipeline:run",
-            recipe="training.recipes:PipelineRecipe",
-            example="recipes/train/tiny_sft_then_dpo.yaml",
-        ),
-        "preferences": Command(
-            "Mix, validate and publish a DPO preference dataset from published sets.",
-            "training.preferences:run",
-            recipe="training.preferences:PreferencesRecipe",
-            example="recipes/train/tiny_preferences.yaml",
-        ),
-    },
-    "lineage": {
-        "show": Command("Print the lineage recorded in a published artifact's card.", "alignsmith.lineage:cli"),
-    },
-}
+@dataclass(frozen=True)
+class CommandGroup:
+    """The commands one package owns, under one name: ``alignsmith <name> <command>``."""
 
-STAGE_HELP = {
-    "hub": "the embedded Hub (file-backed, Hub-compatible server)",
-    "models": "tiny offline models for tests, demos and benchmarks",
-    "data": "convert and validate datasets into alignsmith records",
-    "deita": "Deita: score, embed and select instruction data",
-    "train": "SFT, DPO, LoRA and multi-stage training",
-    "eval": "lighteval and LLM-judge evaluation",
-    "space": "the Gradio Space",
-    "lineage": "read lineage back from published artifacts",
-}
+    name: str
+    help: str
+    package: str  # the folder the commands live in, shown in --help
+    commands: dict[str, Command] = field(default_factory=dict)
+
+
+@cache
+def command_groups() -> dict[str, CommandGroup]:
+    """Every registered group, by name (the core's own groups register the same way as the stages')."""
+    groups: dict[str, CommandGroup] = {}
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+        group = ep.load()
+        if not isinstance(group, CommandGroup) or group.name != ep.name:
+            raise TypeError(f"entry point {ep.name} = {ep.value} must be the CommandGroup named {ep.name!r}")
+        groups[group.name] = group
+    return groups
+
+
+def _deprecated_spellings() -> dict[tuple[str, str], tuple[str, str]]:
+    """(old group, old command) -> (group, command) for every spelling kept for one release."""
+    return {
+        tuple(old.split()): (group.name, name)
+        for group in command_groups().values()
+        for name, cmd in group.commands.items()
+        for old in cmd.deprecated
+    }
 
 
 def _resolve(ref: str) -> Any:
@@ -111,25 +75,29 @@ def _resolve(ref: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def _print_recipe_help(stage: str, name: str, cmd: Command) -> None:
+def _print_recipe_help(group: str, name: str, cmd: Command) -> None:
     recipe_cls = _resolve(cmd.recipe)
-    print(f"usage: alignsmith {stage} {name} --config RECIPE.yaml [--key value ...]\n")
+    print(f"usage: alignsmith {group} {name} --config RECIPE.yaml [--key value ...]\n")
     print(cmd.help + "\n")
     if cmd.example:
-        print(f"example: alignsmith {stage} {name} --config {cmd.example}\n")
+        print(f"example: alignsmith {group} {name} --config {cmd.example}\n")
     print("Recipe keys (YAML, or --key value on the command line; nested keys with dots):")
     for key, default, text in describe(recipe_cls):
         print(f"  {key:<32} {text}  [default: {default}]")
 
 
+def _group_lines(group: CommandGroup) -> list[str]:
+    lines = [f"{group.name}: {group.help} ({group.package})"]
+    lines += [f"  {name:<12} {cmd.help}" for name, cmd in group.commands.items()]
+    return lines
+
+
 def _top_help() -> str:
     lines = [f"alignsmith {__version__}: Hub-integrated dataset and model builder for data-efficient alignment.", ""]
-    lines.append("usage: alignsmith <stage> <command> [--config RECIPE.yaml] [--key value ...]")
-    lines.append("       alignsmith <stage> <command> --help\n")
-    for stage, cmds in COMMANDS.items():
-        lines.append(f"{stage}: {STAGE_HELP.get(stage, '')}")
-        for name, cmd in cmds.items():
-            lines.append(f"  {name:<10} {cmd.help}")
+    lines.append("usage: alignsmith <group> <command> [--config RECIPE.yaml] [--key value ...]")
+    lines.append("       alignsmith <group> <command> --help\n")
+    for group in command_groups().values():
+        lines += _group_lines(group)
     return "\n".join(lines)
 
 
@@ -144,7 +112,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def run_recipe_command(cmd: Command, argv: Sequence[str]) -> Any:
-    """Parse ``--config`` + overrides, connect to the recipe's Hub, and run."""
+    """Parse ``--config`` + overrides (the whole recipe is checked here), connect to its Hub, and run."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--config", default=None)
     known, overrides = parser.parse_known_args(argv)
@@ -153,6 +121,28 @@ def run_recipe_command(cmd: Command, argv: Sequence[str]) -> Any:
 
     connect(recipe)
     return _resolve(cmd.run)(recipe)
+
+
+def _find(argv: list[str]) -> tuple[str, str, Command] | int:
+    """The command ``argv`` names (old spellings with a warning), or the exit code after help or an error."""
+    groups = command_groups()
+    name, rest = argv[0], argv[1:]
+    if rest and rest[0] not in ("-h", "--help") and (name, rest[0]) in _deprecated_spellings():
+        new_group, new_name = _deprecated_spellings()[name, rest[0]]
+        print(f"alignsmith: '{name} {rest[0]}' is deprecated and will be removed in the next release; "
+              f"use 'alignsmith {new_group} {new_name}'", file=sys.stderr)
+        return new_group, new_name, groups[new_group].commands[new_name]
+    if name not in groups:
+        print(f"alignsmith: unknown group {name!r}; groups: {', '.join(groups)}", file=sys.stderr)
+        return 2
+    group = groups[name]
+    if not rest or rest[0] in ("-h", "--help"):
+        print("usage: alignsmith " + name + " <command> ...\n\n" + "\n".join(_group_lines(group)))
+        return 0
+    if rest[0] not in group.commands:
+        print(f"alignsmith: unknown command {name} {rest[0]!r}; commands: {', '.join(group.commands)}", file=sys.stderr)
+        return 2
+    return name, rest[0], group.commands[rest[0]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,52 +155,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] == "--version":
         print(__version__)
         return 0
-    stage, rest = argv[0], argv[1:]
-    if stage not in COMMANDS:
-        print(f"alignsmith: unknown stage {stage!r}; stages: {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
-    if not rest or rest[0] in ("-h", "--help"):
-        print(f"usage: alignsmith {stage} <command> ...\n\n{STAGE_HELP.get(stage, '')}\n")
-        for name, cmd in COMMANDS[stage].items():
-            print(f"  {name:<10} {cmd.help}")
-        return 0
-    name, rest = rest[0], rest[1:]
-    if name not in COMMANDS[stage]:
-        print(f"alignsmith: unknown command {stage} {name!r}; commands: {', '.join(COMMANDS[stage])}", file=sys.stderr)
-        return 2
-    cmd = COMMANDS[stage][name]
+    found = _find(argv)
+    if isinstance(found, int):
+        return found
+    group, name, cmd = found
+    rest = argv[2:]
     if cmd.recipe and ("-h" in rest or "--help" in rest):
-        _print_recipe_help(stage, name, cmd)
+        _print_recipe_help(group, name, cmd)
         return 0
     _setup_logging(verbose)
-    import httpx  # the Hub clients' transport: its errors are not all OSErrors
-
     try:
         if cmd.recipe:
             run_recipe_command(cmd, rest)
-        else:
-            runner: Callable[[Sequence[str]], int | None] = _resolve(cmd.run)
-            return int(runner(rest) or 0)
-    except (ValueError, OSError, httpx.HTTPError) as err:  # bad input, unreachable/missing resources
+            return 0
+        runner: Callable[[Sequence[str]], int | None] = _resolve(cmd.run)
+        return int(runner(rest) or 0)
+    except AlignsmithError as err:  # anything else is a bug: its traceback is the report
         if verbose:
             raise
-        print(f"alignsmith {stage} {name}: error: {_describe(err)}\n(run with --verbose for the traceback)",
-              file=sys.stderr)
+        print(f"alignsmith {group} {name}: error: {err}\n(run with --verbose for the traceback)", file=sys.stderr)
         return 1
-    return 0
 
 
-def _describe(err: Exception) -> str:
-    """The error's message; for a failed connection, also the URL that could not be reached."""
-    import httpx
+if __name__ == "__main__":  # `python -m alignsmith.cli` (e.g. under accelerate launch)
+    from alignsmith.cli import main as _main  # the imported module, whose classes the command groups use
 
-    if isinstance(err, httpx.TransportError):
-        try:
-            return f"cannot reach {err.request.url}: {err}"
-        except RuntimeError:  # raised by httpx when the error carries no request
-            return f"cannot reach the Hub: {err}"
-    return str(err)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main())

@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from alignsmith.recipes import check_choice
 from alignsmith.records import (
     IMAGE_PLACEHOLDER,
     RecordError,
@@ -65,7 +66,7 @@ from alignsmith.records import (
     validate_preference,
 )
 
-Kind = Literal["conversation", "preference"]
+RecordKind = Literal["conversation", "preference"]
 OnInvalid = Literal["error", "reject"]
 Row = Mapping[str, Any]
 
@@ -368,7 +369,7 @@ class RowFormat:
     """A row format: the columns that identify it, the ones it also reads, and its parser."""
 
     name: str
-    kind: Kind
+    kind: RecordKind
     required: tuple[str, ...]
     optional: tuple[str, ...]
     parse: Callable[[Row, RecordRef], dict[str, Any]] = field(repr=False)
@@ -403,12 +404,12 @@ FORMATS: dict[str, RowFormat] = {
 }
 
 
-def _candidates(kind: Kind) -> list[RowFormat]:
+def _candidates(kind: RecordKind) -> list[RowFormat]:
     # every format yields a conversation (preference pairs via prompt + chosen); only pairs yield preferences
     return [f for f in FORMATS.values() if kind == "conversation" or f.kind == "preference"]
 
 
-def detect_format(row: Row, *, kind: Kind = "conversation") -> str | None:
+def detect_format(row: Row, *, kind: RecordKind = "conversation") -> str | None:
     """Name of the first format (in :data:`FORMATS` order) whose identifying columns hold values."""
     present = {key for key, value in row.items() if value is not None}
     return next((f.name for f in _candidates(kind) if f.matches(present)), None)
@@ -428,7 +429,7 @@ def _row_id(row: Row, ref: RecordRef) -> str:
 
 @dataclass(frozen=True)
 class _RowConverter:
-    kind: Kind
+    kind: RecordKind
     fmt: RowFormat | None
     source: str
     require_assistant: bool
@@ -473,7 +474,7 @@ class _RowConverter:
 class ConversionResult:
     """Converted records plus every rejected row, kept whole so it can be published as a split."""
 
-    kind: Kind
+    kind: RecordKind
     records: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     formats: Counter[str] = field(default_factory=Counter)  # converted rows per detected format
@@ -490,17 +491,11 @@ class ConversionResult:
         }
 
 
-def _check_choice(name: str, value: str, choices: Iterable[str]) -> None:
-    choices = list(choices)
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-
 def _converter(
-    kind: Kind, fmt: str, source: str, require_assistant: bool, image_root: str | os.PathLike[str] | None
+    kind: RecordKind, fmt: str, source: str, require_assistant: bool, image_root: str | os.PathLike[str] | None
 ) -> _RowConverter:
-    _check_choice("kind", kind, ("conversation", "preference"))
-    _check_choice("fmt", fmt, ("auto", *FORMATS))
+    check_choice("kind", kind, ("conversation", "preference"))
+    check_choice("fmt", fmt, ("auto", *FORMATS))
     row_format = None if fmt == "auto" else FORMATS[fmt]
     if row_format is not None and kind == "preference" and row_format.kind != "preference":
         raise ValueError(f"format {fmt!r} holds conversations, not preference pairs")
@@ -512,7 +507,7 @@ def _converter(
 def convert_row(
     row: Row,
     *,
-    kind: Kind,
+    kind: RecordKind,
     fmt: str = "auto",
     source: str,
     row_index: int = 0,
@@ -526,7 +521,7 @@ def convert_row(
 def convert_rows(
     rows: Iterable[Row],
     *,
-    kind: Kind,
+    kind: RecordKind,
     fmt: str = "auto",
     source: str,
     on_invalid: OnInvalid = "error",
@@ -541,7 +536,7 @@ def convert_rows(
     ``datasets.Dataset``, pass ``alignsmith.sources.iter_rows(dataset)``: it reads Arrow in batches
     and leaves images encoded.
     """
-    _check_choice("on_invalid", on_invalid, ("error", "reject"))
+    check_choice("on_invalid", on_invalid, ("error", "reject"))
     convert = _converter(kind, fmt, source, require_assistant, image_root)
     ids = UniqueIds()
     result = ConversionResult(kind)

@@ -11,11 +11,28 @@ import logging
 import os
 from pathlib import Path
 
+from alignsmith.errors import AlignsmithError
 from alignsmith.recipes import HubRecipe
 
 log = logging.getLogger(__name__)
 
 HUGGINGFACE_ENDPOINT = "https://huggingface.co"
+
+
+class HubUnreachableError(AlignsmithError):
+    """The Hub a recipe names does not answer: said before any work starts, not deep inside a client."""
+
+
+def _check_reachable(url: str) -> None:
+    """Any HTTP answer will do (even 401 or 404); only a connection failure is an error."""
+    import httpx
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return  # offline mode reads from the local cache only
+    try:
+        httpx.get(f"{url}/api/whoami-v2", timeout=10.0)
+    except httpx.TransportError as err:
+        raise HubUnreachableError(f"cannot reach {url}/: {err}") from None
 
 
 def connect(recipe: HubRecipe) -> str:
@@ -31,7 +48,9 @@ def connect(recipe: HubRecipe) -> str:
         if not os.environ.get("HF_TOKEN"):
             log.warning("hub is 'huggingface' but HF_TOKEN is not set: reads of public repos only")
         configure_client_env(HUGGINGFACE_ENDPOINT, os.environ.get("HF_TOKEN"), disable_xet=False)
+        _check_reachable(HUGGINGFACE_ENDPOINT)
         return HUGGINGFACE_ENDPOINT
+    _check_reachable(recipe.hub.rstrip("/"))
     configure_client_env(recipe.hub.rstrip("/"), os.environ.get("HF_TOKEN"))
     log.info("using the Hub at %s", recipe.hub)
     return recipe.hub

@@ -15,16 +15,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-import yaml
-
 from alignsmith import __version__
+from alignsmith.errors import AlignsmithError
+from alignsmith.frontmatter import card_metadata
 
 RepoType = Literal["model", "dataset", "space", "local"]
 LINEAGE_KEY = "alignsmith"
 
 
-class ArtifactNotFoundError(ValueError):
+class ArtifactNotFoundError(AlignsmithError):
     """A model or dataset a recipe names that cannot be found (locally or on the Hub)."""
+
+
+class NoLineageError(AlignsmithError):
+    """A published artifact whose card records no alignsmith lineage (not made by alignsmith)."""
 
 
 @dataclass
@@ -40,7 +44,7 @@ class ArtifactRef:
 
 @dataclass
 class Lineage:
-    command: str  # e.g. "deita build"
+    command: str  # e.g. "build deita"
     recipe: dict[str, Any]
     inputs: list[ArtifactRef] = field(default_factory=list)
     models: list[ArtifactRef] = field(default_factory=list)
@@ -62,11 +66,19 @@ class Lineage:
         return list(dict.fromkeys(r.repo_id for r in self.inputs if r.repo_type == "dataset"))
 
 
-def resolve(role: str, repo_id_or_path: str, repo_type: RepoType = "model", revision: str | None = None) -> ArtifactRef:
-    """Pin a model or dataset reference to a commit sha (or a content hash for a local path)."""
-    path = Path(repo_id_or_path)
+def pin(role: str, repo_id_or_path: str, repo_type: RepoType = "model", revision: str | None = None) -> ArtifactRef:
+    """Pin a model or dataset to what exactly will be read: its Hub commit sha, or a local path's content hash.
+
+    This is the one place a stage turns a recipe's reference into lineage; loading by the returned
+    sha (see :func:`load_revision`) gives exactly the recorded files, even if a branch moves later.
+    """
+    path = Path(repo_id_or_path).expanduser()
     if path.exists():
-        return ArtifactRef(role, str(path.resolve()), "local", revision, content_sha256(path))
+        if revision is not None:
+            raise ArtifactNotFoundError(f"{role}: {str(path)!r} (revision {revision!r}): a revision applies only to "
+                                        "Hub repos, and this is a local path")
+        return ArtifactRef(role, str(path.resolve()), "local", None, content_sha256(path))
+    import httpx
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
 
@@ -76,12 +88,17 @@ def resolve(role: str, repo_id_or_path: str, repo_type: RepoType = "model", revi
         raise ArtifactNotFoundError(
             f"{role}: {repo_type} {repo_id_or_path!r} has no revision {revision!r} (no such branch, tag or commit)"
         ) from None
-    except (HfHubHTTPError, ValueError) as err:
+    except (HfHubHTTPError, httpx.HTTPError, ValueError) as err:  # ValueError: not a valid repo id
         raise ArtifactNotFoundError(
             f"{role}: {repo_type} {repo_id_or_path!r} is neither a local path nor a repo reachable on the Hub "
-            f"({type(err).__name__}: {str(err).splitlines()[0]})"
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
         ) from None
     return ArtifactRef(role, repo_id_or_path, repo_type, revision, info.sha)
+
+
+def load_revision(ref: ArtifactRef) -> str | None:
+    """The revision to load a pinned artifact at: its commit sha on the Hub, nothing for a local path."""
+    return ref.sha if ref.repo_type != "local" else None
 
 
 def content_sha256(path: Path) -> str:
@@ -103,19 +120,10 @@ def read_lineage(repo_id: str, repo_type: RepoType = "dataset", revision: str | 
 
     sha = HfApi().repo_info(repo_id, repo_type=repo_type, revision=revision).sha
     readme = Path(hf_hub_download(repo_id, "README.md", repo_type=repo_type, revision=sha)).read_text(encoding="utf-8")
-    metadata = card_metadata(readme)
+    metadata = card_metadata(readme) or {}
     if LINEAGE_KEY not in metadata:
-        raise ValueError(f"{repo_type} {repo_id}@{revision or 'main'} has no alignsmith lineage in its card")
+        raise NoLineageError(f"{repo_type} {repo_id}@{revision or 'main'} has no alignsmith lineage in its card")
     return Lineage.from_metadata(metadata[LINEAGE_KEY]), sha
-
-
-def card_metadata(readme: str) -> dict[str, Any]:
-    """The YAML front matter of a card (empty when there is none)."""
-    if not readme.startswith("---"):
-        return {}
-    _, _, rest = readme.partition("---")
-    front, sep, _ = rest.partition("\n---")
-    return (yaml.safe_load(front) or {}) if sep else {}
 
 
 def cli(argv: Sequence[str]) -> int:

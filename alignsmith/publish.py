@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Mapping
 
 from alignsmith.cards import CardContent, Figure, dataset_card
+from alignsmith.errors import AlignsmithError
 from alignsmith.lineage import Lineage
 from alignsmith.recipes import RESOLVED_RECIPE_FILENAME, OutputRepo
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 RepoType = Literal["model", "dataset", "space"]
 
 
-class TagExistsError(ValueError):
+class TagExistsError(AlignsmithError):
     """A release tag that already exists: published tags are never moved or overwritten."""
 
 

@@ -3,33 +3,106 @@
 Like alignment-handbook recipes, a YAML file fully describes a run. Unlike argparse-driven
 parsers, recipes may nest (``output.repo_id``) and every key is checked: an unknown or mistyped
 key is an error naming the key and its closest known spelling, because a silently ignored
-``learning_rte`` costs a GPU-day.
+``learning_rte`` costs a GPU-day. For the same reason every value is checked when the recipe loads:
+types, declared ranges (see :func:`help_text`) and each recipe class's own rules, so a bad value
+fails before any model loads, not hours into a run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
+import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Iterable, Literal, Mapping, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+from alignsmith.errors import AlignsmithError
+from alignsmith.files import atomic_write
 
 T = TypeVar("T")
 
 RESOLVED_RECIPE_FILENAME = "alignsmith_recipe.yaml"
 
 
-class RecipeError(ValueError):
+class RecipeError(AlignsmithError):
     """A recipe (YAML or override) that does not match its schema."""
 
 
-def help_text(text: str, **kwargs: Any) -> Any:
-    """Dataclass field carrying a help string shown by ``alignsmith <stage> <command> --help``."""
-    return dataclasses.field(metadata={"help": text}, **kwargs)
+def check_choice(name: str, value: object, choices: Iterable[str]) -> None:
+    """An option passed in code, checked as a recipe's ``Literal`` is at load (a wrong value is a caller's bug)."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The range a numeric recipe value must lie in; declared on its field, checked by :func:`build`."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: float | None = None
+    exclusive_maximum: float | None = None
+
+    def __contains__(self, value: float) -> bool:
+        return (
+            not _infinite_or_nan(value)
+            and (self.minimum is None or value >= self.minimum)
+            and (self.maximum is None or value <= self.maximum)
+            and (self.exclusive_minimum is None or value > self.exclusive_minimum)
+            and (self.exclusive_maximum is None or value < self.exclusive_maximum)
+        )
+
+    def __str__(self) -> str:
+        if self.minimum is not None and self.maximum is not None:
+            return f"between {self.minimum:g} and {self.maximum:g}"
+        limits = [
+            f"{word} {limit:g}"
+            for word, limit in (("at least", self.minimum), ("above", self.exclusive_minimum),
+                                ("at most", self.maximum), ("below", self.exclusive_maximum))
+            if limit is not None
+        ]
+        return " and ".join(limits)
+
+
+def help_text(
+    text: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: float | None = None,
+    exclusive_maximum: float | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Dataclass field carrying a help string shown by ``alignsmith <stage> <command> --help``.
+
+    Bounds make :func:`build` refuse an out-of-range number (or list item) when the recipe loads,
+    rather than when the run reaches the code that uses it, hours later.
+    """
+    metadata: dict[str, Any] = {"help": text}
+    bounds = Bounds(minimum, maximum, exclusive_minimum, exclusive_maximum)
+    if bounds != Bounds():
+        metadata["bounds"] = bounds
+    return dataclasses.field(metadata=metadata, **kwargs)
+
+
+def non_default(recipe: Any, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` whose value differs from the field's default: options someone set on purpose.
+
+    A recipe refuses such an option when its other settings make the run ignore it.
+    """
+    fields = {f.name: f for f in dataclasses.fields(recipe)}
+    return [name for name in names if getattr(recipe, name) != _default(fields[name])]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 def load_recipe(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
@@ -48,7 +121,7 @@ def load_recipe(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         data = loaded or {}
     for key, value in parse_overrides(overrides):
         _set_dotted(data, key, value)
-    return build(cls, data, where=str(path) if path else "recipe")
+    return build(cls, data)  # errors name the key alone: its value may come from the file or an override
 
 
 def parse_overrides(args: Sequence[str]) -> list[tuple[str, Any]]:
@@ -86,7 +159,12 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def build(cls: type[T], data: Any, where: str = "recipe") -> T:
-    """Build dataclass ``cls`` from a mapping, checking every key and value type."""
+    """Build dataclass ``cls`` from a mapping, checking every key, value type and declared range.
+
+    ``where`` is the key path of ``data`` ("recipe" at the top). A ``__post_init__`` may refuse
+    values too: its :class:`RecipeError` names keys relative to ``cls`` ("repo_id: ...") and gets
+    ``where`` in front ("output.repo_id: ..."); any other error it raises is put after ``where``.
+    """
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
     hints = get_type_hints(cls)
@@ -99,9 +177,7 @@ def build(cls: type[T], data: Any, where: str = "recipe") -> T:
         raise RecipeError(
             f"{where}: unknown key {key!r}{hint}; {cls.__name__} accepts: {', '.join(sorted(fields))}"
         )
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where != "recipe" else name)
+    kwargs = {name: _coerce(value, hints[name], _key(where, name)) for name, value in data.items()}
     missing = [
         n
         for n, f in fields.items()
@@ -109,10 +185,37 @@ def build(cls: type[T], data: Any, where: str = "recipe") -> T:
     ]
     if missing:
         raise RecipeError(f"{where}: missing required key(s) {', '.join(missing)} for {cls.__name__}")
+    _check_bounds(cls, kwargs, where)
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as err:
+    except RecipeError as err:
+        if where == "recipe":
+            raise
+        raise RecipeError(f"{where}.{err}") from None
+    except (TypeError, ValueError, AlignsmithError) as err:
         raise RecipeError(f"{where}: {err}") from None
+
+
+def _check_bounds(cls: type, values: Mapping[str, Any], where: str) -> None:
+    """Refuse the first of ``values`` outside the bounds its field of ``cls`` declares (see :func:`help_text`)."""
+    for f in dataclasses.fields(cls):
+        bounds, value = f.metadata.get("bounds"), values.get(f.name)
+        if bounds is None or value is None:
+            continue
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for index, item in items:
+            if item not in bounds:
+                key = _key(where, f.name) + ("" if index is None else f"[{index}]")
+                finite = "a finite number " if _infinite_or_nan(item) else ""
+                raise RecipeError(f"{key}: must be {finite}{bounds}, got {item!r}")
+
+
+def _infinite_or_nan(value: float) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)  # ints are finite, however large
+
+
+def _key(where: str, name: str) -> str:
+    return name if where == "recipe" else f"{where}.{name}"
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -152,10 +255,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return {k: _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp is str and isinstance(value, float):
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        # not str(value): that is not always what was typed (YAML reads 0755 as 493 and 1_000 as 1000)
         raise RecipeError(f"{where}: expected a string, got the number {value!r}; quote it (YAML reads 1.10 as 1.1)")
-    if tp is str and isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
     if isinstance(tp, type) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise RecipeError(f"{where}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
     return value
@@ -173,10 +275,7 @@ def to_yaml(recipe: Any) -> str:
 def save_resolved(recipe: Any, directory: str | Path) -> Path:
     """Write the fully resolved recipe into ``directory`` so any output can be re-run."""
     path = Path(directory) / RESOLVED_RECIPE_FILENAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # other processes may be reading it
-    tmp.write_text(to_yaml(recipe), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, to_yaml(recipe))  # other processes may be reading it
     return path
 
 
@@ -190,13 +289,11 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
         if dataclasses.is_dataclass(tp):
             rows.extend(describe(tp, prefix=f"{key}."))
             continue
-        if f.default is not dataclasses.MISSING:
-            default = repr(f.default)
-        elif f.default_factory is not dataclasses.MISSING:
-            default = repr(f.default_factory())
-        else:
-            default = "(required)"
-        rows.append((key, default, f.metadata.get("help", "")))
+        default = _default(f)
+        text = f.metadata.get("help", "")
+        if "bounds" in f.metadata:
+            text += f" ({f.metadata['bounds']})"
+        rows.append((key, "(required)" if default is dataclasses.MISSING else repr(default), text))
     return rows
 
 
@@ -233,4 +330,4 @@ class OutputRepo:
 
     def __post_init__(self) -> None:
         if self.repo_id.count("/") != 1 or not all(self.repo_id.split("/")):
-            raise RecipeError(f"output.repo_id: expected 'namespace/name', got {self.repo_id!r}")
+            raise RecipeError(f"repo_id: expected 'namespace/name', got {self.repo_id!r}")

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
+from alignsmith.errors import AlignsmithError
+
 if TYPE_CHECKING:
     import datasets
 
@@ -88,7 +90,7 @@ class Preference(TypedDict):
     images: list[ImageRef]
 
 
-class RecordError(ValueError):
+class RecordError(AlignsmithError):
     """A record (or input row) that cannot become a valid canonical record.
 
     ``field`` is a path into the row as the caller wrote it (``conversations[2].from``,

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from alignsmith.errors import AlignsmithError
+from alignsmith.files import atomic_write, atomic_writer
+
 MANIFEST = "manifest.json"
 
 
-class ShardMismatchError(ValueError):
+class ShardMismatchError(AlignsmithError):
     """The work folder belongs to a different job, or a shard is missing or foreign."""
 
 
@@ -85,7 +86,7 @@ class ShardStore:
                     "use another work_dir or delete this one"
                 )
             return
-        _atomic_write(path, json.dumps(wanted).encode())
+        atomic_write(path, json.dumps(wanted))
 
     def path(self, shard: int) -> Path:
         return self.dir / f"shard-{shard:05d}-of-{self.num_shards:05d}.npz"
@@ -95,12 +96,8 @@ class ShardStore:
 
     def write(self, shard: int, **arrays: np.ndarray) -> None:
         """Atomically store one finished shard's arrays."""
-        tmp = _temp_name(self.path(shard))
-        with open(tmp, "wb") as fh:
+        with atomic_writer(self.path(shard)) as fh:
             np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path(shard))
 
     def read(self, shard: int) -> dict[str, np.ndarray]:
         with np.load(self.path(shard), allow_pickle=False) as data:
@@ -119,14 +116,3 @@ class ShardStore:
             )
         for shard in range(self.num_shards):
             yield self.read(shard)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = _temp_name(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _temp_name(path: Path) -> Path:
-    """A temporary sibling no other process, on this machine or another sharing the folder, writes."""
-    return path.with_suffix(f".tmp-{socket.gethostname()}-{os.getpid()}")

@@ -19,9 +19,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alignsmith.lineage import ArtifactRef, content_sha256, resolve
-from alignsmith.converters import FORMATS, ConversionResult, Kind, OnInvalid, convert_rows
-from alignsmith.recipes import help_text
+from alignsmith.errors import AlignsmithError
+from alignsmith.lineage import ArtifactRef, content_sha256, pin
+from alignsmith.converters import FORMATS, ConversionResult, RecordKind, OnInvalid, convert_rows
+from alignsmith.recipes import RecipeError, help_text
 
 if TYPE_CHECKING:
     import datasets
@@ -31,7 +32,7 @@ _COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class SourceError(ValueError):
+class SourceError(AlignsmithError):
     """A dataset source that cannot be loaded; the message names the source."""
 
 
@@ -65,6 +66,14 @@ class DatasetSource:
         ]
         return f"dataset {' '.join(parts)} (split {self.split!r})"
 
+    def check_gives(self, kind: RecordKind, where: str) -> None:
+        """Refuse a ``format`` whose rows cannot become ``kind`` records, before the rows are read.
+
+        Preference pairs can become conversations, but conversations never become pairs.
+        """
+        if kind == "preference" and self.format != "auto" and FORMATS[self.format].kind != "preference":
+            raise RecipeError(f"{where}.format: {self.format!r} holds conversations, not preference pairs")
+
 
 @dataclass(frozen=True)
 class LoadedSource:
@@ -85,10 +94,10 @@ class LoadedSource:
         """The source pinned for lineage: the Hub commit it was read at, or a local path's content hash."""
         if self.is_hub:
             return ArtifactRef(role, self.source.path, "dataset", self.source.revision, self.sha)
-        return resolve(role, self.source.path)
+        return pin(role, self.source.path, "dataset")
 
     def to_records(
-        self, kind: Kind, *, on_invalid: OnInvalid = "error", require_assistant: bool = True
+        self, kind: RecordKind, *, on_invalid: OnInvalid = "error", require_assistant: bool = True
     ) -> ConversionResult:
         """Convert the rows with the source's ``format`` (see :func:`alignsmith.converters.convert_rows`)."""
         return convert_rows(

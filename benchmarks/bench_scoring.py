@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from alignsmith.tiny import build_causal_lm
+    from alignsmith.models.tiny import build_causal_lm
     from builders.deita.prompts import render_quality
     from builders.deita.scoring import DeitaScorer
 

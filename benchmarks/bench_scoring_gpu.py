@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("bench_scoring_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False)", file=sys.stderr)
         return 2
-    from alignsmith.tiny import build_tokenizer
+    from alignsmith.models.tiny import build_tokenizer
     from builders.deita.embedding import CausalLMEmbedder, render_vicuna
     from builders.deita.prompts import render_quality
     from builders.deita.scoring import DeitaScorer

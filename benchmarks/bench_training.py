@@ -94,7 +94,7 @@ def build_model(setup: Setup, folder: Path) -> int:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from alignsmith.tiny import build_tokenizer
+    from alignsmith.models.tiny import build_tokenizer
 
     tokenizer = build_tokenizer(vocab_size=min(setup.vocab_size, 512), model_max_length=setup.max_length)
     config = LlamaConfig(

@@ -1,4 +1,4 @@
-"""``alignsmith data convert``: any supported dataset -> validated alignsmith records on the Hub.
+"""``alignsmith build convert``: any supported dataset -> validated alignsmith records on the Hub.
 
 The published dataset's ``default`` config holds the canonical records (conversations, or trl-style
 preference pairs); its ``rejected`` config keeps every row that could not be converted, with the
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from alignsmith.publish import Release
-from alignsmith.recipes import HubRecipe, OutputRepo, help_text
+from alignsmith.recipes import HubRecipe, OutputRepo, RecipeError, help_text
 from alignsmith.sources import DatasetSource
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,14 @@ class ConvertRecipe(HubRecipe):
     config_name: str = help_text("Config name of the published records.", default="default")
     output: OutputRepo = help_text("Dataset repo (and tag) to publish to.")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.source.check_gives(self.kind, "source")
+        if self.kind == "preference" and not self.require_assistant:
+            raise RecipeError("require_assistant: applies to kind 'conversation'; a preference pair always has replies")
+        if self.config_name == "rejected":  # it would overwrite the config of the rows that could not be converted
+            raise RecipeError("config_name: 'rejected' holds the rows that could not be converted; choose another name")
+
 
 def run(recipe: ConvertRecipe) -> Release:
     from alignsmith.cards import CardContent
@@ -52,7 +60,7 @@ def run(recipe: ConvertRecipe) -> Release:
         recipe.config_name: {"train": dataset_from_rows(result.records, features)},
         "rejected": {"train": dataset_from_rows(result.rejected, rejected_features())},
     }
-    lineage = Lineage(command="data convert", recipe=to_dict(recipe), inputs=[loaded.artifact_ref("source")])
+    lineage = Lineage(command="build convert", recipe=to_dict(recipe), inputs=[loaded.artifact_ref("source")])
     stats = {key: value for key, value in summary.items() if not isinstance(value, dict)}
     stats.update({f"rejected: {code}": n for code, n in summary["rejected_by_reason"].items()})
     stats.update({f"format: {name}": n for name, n in summary["formats"].items()})

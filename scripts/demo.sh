@@ -18,7 +18,7 @@ alignsmith models tiny --out runs/demo/models/tiny-scorer --hidden-size 64 --see
     --publish alignsmith-demo/tiny-scorer --tag v1.0.0
 
 # 2. the Deita builder: score, embed, select, publish alignsmith-demo/deita-hh-rlhf@v1.0.0
-alignsmith deita build --config recipes/deita/demo.yaml
+alignsmith build deita --config recipes/build/deita/demo.yaml
 
 # 3. consume it as any user would
 eval "$(alignsmith hub start | tail -n 1)"

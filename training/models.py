@@ -12,18 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignsmith.lineage import ArtifactNotFoundError, ArtifactRef, resolve
+from alignsmith.lineage import ArtifactRef, load_revision
+from alignsmith.models.loading import ModelLoadError, pinned
 from alignsmith.recipes import RecipeError
 
-from training.recipes import ModelRef
+from training.recipes import BaseModelSpec
 
 log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
-
-
-class BaseModelError(ValueError):
-    """A base model that cannot be found or loaded; the message names it and its revision."""
 
 
 @dataclass
@@ -36,35 +33,22 @@ class BaseModel:
     ancestors: list[ArtifactRef] = field(default_factory=list)  # the adapter's own base, when merged
 
 
-def pin(ref: ModelRef) -> ArtifactRef:
-    """The base model's commit sha (or a local folder's content hash); clear errors when it is missing."""
-    if Path(ref.path).expanduser().exists():
-        if ref.revision is not None:
-            raise BaseModelError(f"base_model {ref.path!r} (revision {ref.revision!r}): revision applies only to "
-                                 "Hub repos, and this is a local folder")
-        return resolve("base_model", str(Path(ref.path).expanduser()), "model")
-    try:
-        return resolve("base_model", ref.path, "model", ref.revision)
-    except ArtifactNotFoundError as err:
-        raise BaseModelError(str(err)) from None
-
-
-def load_base_model(ref: ModelRef) -> BaseModel:
+def load_base_model(ref: BaseModelSpec) -> BaseModel:
     """Load the pinned base (merging a LoRA adapter into its base) and its tokenizer."""
     from transformers import AutoTokenizer
 
-    artifact = pin(ref)
-    was_adapter = _is_adapter(artifact.repo_id, _revision(artifact))
+    artifact = pinned(ref.path, ref.revision, "base_model")
+    was_adapter = _is_adapter(artifact.repo_id, load_revision(artifact))
     try:
         model, ancestors = _load_weights(ref, artifact, was_adapter)
-        tokenizer = AutoTokenizer.from_pretrained(artifact.repo_id, revision=_revision(artifact))
+        tokenizer = AutoTokenizer.from_pretrained(artifact.repo_id, revision=load_revision(artifact))
     except (OSError, ValueError) as err:
-        raise BaseModelError(f"base_model {ref.path!r} @ {artifact.sha}: cannot load: {err}") from None
+        raise ModelLoadError(f"base_model {ref.path!r} @ {artifact.sha}: cannot load: {err}") from None
     card_base = ref.path if artifact.repo_type == "model" else None
     return BaseModel(model, tokenizer, artifact, was_adapter, card_base, ancestors)
 
 
-def load_reference_model(ref: ModelRef, base: BaseModel) -> Any:
+def load_reference_model(ref: BaseModelSpec, base: BaseModel) -> Any:
     """A frozen second copy of the weights ``base`` starts from, read from the same pinned commits.
 
     Full-parameter DPO measures the policy against this. Left to itself, trl reloads the reference
@@ -75,20 +59,16 @@ def load_reference_model(ref: ModelRef, base: BaseModel) -> Any:
     return model.eval().requires_grad_(False)
 
 
-def _revision(artifact: ArtifactRef) -> str | None:
-    return artifact.sha if artifact.repo_type == "model" else None
-
-
-def _load_weights(ref: ModelRef, artifact: ArtifactRef, is_adapter: bool) -> tuple[Any, list[ArtifactRef]]:
+def _load_weights(ref: BaseModelSpec, artifact: ArtifactRef, is_adapter: bool) -> tuple[Any, list[ArtifactRef]]:
     """The pinned weights in the recipe's dtype, and the adapter's own base when an adapter was merged."""
     import torch
     from transformers import AutoModelForCausalLM
 
     load_kwargs = {"dtype": getattr(torch, ref.dtype), "attn_implementation": ref.attn_implementation}
     if is_adapter:
-        model, adapter_base = _merged_adapter(artifact.repo_id, _revision(artifact), load_kwargs)
+        model, adapter_base = _merged_adapter(artifact.repo_id, load_revision(artifact), load_kwargs)
         return model, [adapter_base]
-    return AutoModelForCausalLM.from_pretrained(artifact.repo_id, revision=_revision(artifact), **load_kwargs), []
+    return AutoModelForCausalLM.from_pretrained(artifact.repo_id, revision=load_revision(artifact), **load_kwargs), []
 
 
 def _is_adapter(location: str, revision: str | None) -> bool:
@@ -104,9 +84,8 @@ def _merged_adapter(location: str, revision: str | None, load_kwargs: dict[str, 
     from transformers import AutoModelForCausalLM
 
     config = PeftConfig.from_pretrained(location, revision=revision)
-    base_ref = resolve("adapter_base", config.base_model_name_or_path, "model", config.revision)
-    base_revision = base_ref.sha if base_ref.repo_type == "model" else None
-    base = AutoModelForCausalLM.from_pretrained(base_ref.repo_id, revision=base_revision, **load_kwargs)
+    base_ref = pinned(config.base_model_name_or_path, config.revision, "adapter_base")
+    base = AutoModelForCausalLM.from_pretrained(base_ref.repo_id, revision=load_revision(base_ref), **load_kwargs)
     log.info("merging LoRA adapter %s into its base %s@%s", location, base_ref.repo_id, base_ref.sha)
     merged = PeftModel.from_pretrained(base, location, revision=revision).merge_and_unload()
     merged.requires_grad_(True)  # peft froze the base weights while the adapter was attached

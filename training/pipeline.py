@@ -12,7 +12,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from alignsmith.lineage import read_lineage, resolve
+from alignsmith.lineage import NoLineageError, pin, read_lineage
 from alignsmith.publish import Release, TagExistsError
 from alignsmith.recipes import to_dict
 
@@ -46,7 +46,7 @@ def _check_data_exists(stages: list[TrainRecipe]) -> None:
     for index, stage in enumerate(stages):
         for entry in stage.data.datasets:
             if not Path(entry.path).expanduser().exists():  # local paths win, as in load_source
-                resolve(f"stages[{index}].data", entry.path, "dataset", entry.revision)
+                pin(f"stages[{index}].data", entry.path, "dataset", entry.revision)
 
 
 def _starting_from(stage: TrainRecipe, sha: str) -> TrainRecipe:
@@ -64,7 +64,7 @@ def _published_release(stage: TrainRecipe) -> Release | None:
         lineage, sha = read_lineage(stage.output.repo_id, "model", tag)
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
         return None
-    except ValueError:  # a card without alignsmith lineage
+    except NoLineageError:
         lineage = None
     if lineage is None or lineage.recipe != to_dict(stage):
         raise TagExistsError(

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from alignsmith.converters import Kind
+from alignsmith.converters import RecordKind
 from alignsmith.recipes import HubRecipe, OutputRepo, RecipeError, build, help_text
-from alignsmith.sources import DatasetSource
+from alignsmith.mixtures import MixtureRecipe
 
 # trl/transformers arguments that alignsmith sets itself; accepting them in `training:` would let a
 # recipe say one thing while the run does another.
@@ -39,7 +39,7 @@ RESERVED_TRAINING_KEYS = {
 
 
 @dataclass(kw_only=True)
-class ModelRef:
+class BaseModelSpec:
     """The model a run starts from."""
 
     path: str = help_text(
@@ -56,38 +56,6 @@ class ModelRef:
     )
 
 
-@dataclass
-class MixtureEntry(DatasetSource):
-    """One dataset of the training mixture."""
-
-    weight: float = help_text(
-        "Fraction of this dataset's rows to use (seeded sample); above 1 repeats rows (2.0 = every row twice).",
-        default=1.0,
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.weight > 0:
-            raise RecipeError(f"{self.describe()}: weight must be positive, got {self.weight}")
-
-
-@dataclass(kw_only=True)
-class DataRecipe:
-    """The training mixture and its held-out evaluation split (both seeded)."""
-
-    datasets: list[MixtureEntry] = help_text("Datasets to mix: path, config, split, revision, weight.")
-    seed: int = help_text("Seed for sampling, shuffling and the eval split.", default=42)
-    eval_size: float = help_text(
-        "Held-out evaluation rows: a fraction (< 1) or a row count (>= 1) of the mixture; 0 for none.", default=0.0
-    )
-
-    def __post_init__(self) -> None:
-        if not self.datasets:
-            raise RecipeError("data.datasets: at least one dataset is required")
-        if self.eval_size < 0 or (self.eval_size >= 1 and not float(self.eval_size).is_integer()):
-            raise RecipeError(f"data.eval_size: expected a fraction below 1 or a whole row count, got {self.eval_size}")
-
-
 @dataclass(kw_only=True)
 class ChatTemplateRecipe:
     """The chat template trained with (and shipped with the model)."""
@@ -102,7 +70,7 @@ class ChatTemplateRecipe:
 
     def __post_init__(self) -> None:
         if self.template is not None and self.template_file is not None:
-            raise RecipeError("chat_template: give template or template_file, not both")
+            raise RecipeError("template_file: give template or template_file, not both")
 
     def supplied(self) -> str | None:
         """The recipe's own template text, if it names one."""
@@ -130,11 +98,11 @@ class TrainRecipe(HubRecipe):
     kind: ClassVar[Literal["sft", "dpo"]]
     trl_config: ClassVar[str]  # config class name in trl
     trl_trainer: ClassVar[str]  # trainer class name in trl
-    record_kind: ClassVar[Kind]  # the records it trains on
+    record_kind: ClassVar[RecordKind]  # the records it trains on
     config_defaults: ClassVar[dict[str, Any]] = {}  # alignsmith's defaults, under the recipe's `training:`
 
-    base_model: ModelRef = help_text("Model to start from.")
-    data: DataRecipe = help_text("Training mixture.")
+    base_model: BaseModelSpec = help_text("Model to start from.")
+    data: MixtureRecipe = help_text("Training mixture.")
     output: ModelOutput = help_text("Model repo to publish to.")
     chat_template: ChatTemplateRecipe = help_text("Chat template and EOS.", default_factory=ChatTemplateRecipe)
     lora: dict[str, Any] | None = help_text(
@@ -159,12 +127,14 @@ class TrainRecipe(HubRecipe):
         super().__post_init__()
         if self.lora is not None and self.unfrozen:
             raise RecipeError(
-                "unfrozen applies to runs without LoRA; with LoRA, list whole modules to train in lora.modules_to_save"
+                "unfrozen: applies to runs without LoRA; with LoRA, list whole modules to train in lora.modules_to_save"
             )
         if self.output.merged and self.lora is None:
             raise RecipeError(
                 "output.merged: only a LoRA run has an adapter to merge; full fine-tuning publishes full weights"
             )
+        for index, entry in enumerate(self.data.datasets):
+            entry.check_gives(self.record_kind, f"data.datasets[{index}]")
         for key in self.training:
             if key in RESERVED_TRAINING_KEYS:
                 raise RecipeError(f"training.{key}: not settable here: {RESERVED_TRAINING_KEYS[key]}")
@@ -200,7 +170,7 @@ class SFTRecipe(TrainRecipe):
     kind: ClassVar[Literal["sft", "dpo"]] = "sft"
     trl_config: ClassVar[str] = "SFTConfig"
     trl_trainer: ClassVar[str] = "SFTTrainer"
-    record_kind: ClassVar[Kind] = "conversation"
+    record_kind: ClassVar[RecordKind] = "conversation"
     config_defaults: ClassVar[dict[str, Any]] = {"assistant_only_loss": True}
 
 
@@ -211,7 +181,7 @@ class DPORecipe(TrainRecipe):
     kind: ClassVar[Literal["sft", "dpo"]] = "dpo"
     trl_config: ClassVar[str] = "DPOConfig"
     trl_trainer: ClassVar[str] = "DPOTrainer"
-    record_kind: ClassVar[Kind] = "preference"
+    record_kind: ClassVar[RecordKind] = "preference"
 
 
 STAGE_RECIPES: dict[str, type[TrainRecipe]] = {"sft": SFTRecipe, "dpo": DPORecipe}
@@ -227,7 +197,7 @@ class PipelineRecipe(HubRecipe):
     key by key).
     """
 
-    base_model: ModelRef = help_text("Model the first stage starts from.")
+    base_model: BaseModelSpec = help_text("Model the first stage starts from.")
     defaults: dict[str, Any] = help_text("Keys merged into every stage (e.g. training.use_cpu).", default_factory=dict)
     stages: list[dict[str, Any]] = help_text("The stages, in order: each {kind: sft|dpo, ...recipe keys}.")
 
@@ -243,6 +213,7 @@ class PipelineRecipe(HubRecipe):
         The runner pins that to the commit sha stage N-1 actually published before stage N starts.
         """
         recipes: list[TrainRecipe] = []
+        released: dict[tuple[str, str], int] = {}  # (repo id, tag) -> the stage that publishes it
         for index, raw in enumerate(self.stages):
             where = f"stages[{index}]"
             if not isinstance(raw, dict) or raw.get("kind") not in STAGE_RECIPES:
@@ -268,6 +239,13 @@ class PipelineRecipe(HubRecipe):
                     f"{where}: a LoRA stage after an unmerged LoRA stage would train an adapter on a merge that is "
                     f"published nowhere: set output.merged: true on stages[{index - 1}] or on this stage"
                 )
+            if recipe.output.tag is not None:  # the later stage would find the tag taken by another recipe
+                other = released.setdefault((recipe.output.repo_id, recipe.output.tag), index)
+                if other != index:
+                    raise RecipeError(
+                        f"{where}.output.tag: stages[{other}] already publishes {recipe.output.repo_id} at "
+                        f"{recipe.output.tag!r}; give each stage its own repo or tag"
+                    )
             recipes.append(recipe)
         return recipes
 

@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode
 import yaml
 
 from alignsmith import __version__
+from alignsmith.frontmatter import card_metadata
 from alignsmith.hub import auth
 from alignsmith.hub.storage import (
     AddFile,
@@ -166,17 +167,6 @@ def _bearer(header: str | None) -> str | None:
 
 
 # -- the Hub API --------------------------------------------------------------------------------
-
-
-def _card_data(text: str) -> dict[str, Any] | None:
-    """The YAML metadata block at the top of a README, if it has one. Raises on invalid YAML."""
-    match = re.match(r"\A---\s*\n(.*?\n)?---\s*(\n|\Z)", text, re.DOTALL)
-    if not match:
-        return None
-    data = yaml.safe_load(match.group(1) or "") or {}
-    if not isinstance(data, dict):
-        raise ValueError("the README metadata block must be a YAML mapping")
-    return data
 
 
 def _item_json(item: TreeItem, last: Commit | None = None) -> dict[str, Any]:
@@ -324,7 +314,7 @@ class HubApp:
     def validate_yaml(self, req: Request) -> Response:
         content = req.read_json().get("content", "")
         try:
-            _card_data(content if isinstance(content, str) else "")
+            card_metadata(content if isinstance(content, str) else "")
         except (yaml.YAMLError, ValueError) as exc:
             return json_response({"errors": [{"message": _header_safe(str(exc))}]}, 400)
         return json_response({})
@@ -445,7 +435,7 @@ class HubApp:
             return None
         text = self.storage.blob_path(ref, entry.sha256).read_bytes().decode("utf-8", "replace")
         try:
-            return _card_data(text)
+            return card_metadata(text)
         except (yaml.YAMLError, ValueError) as exc:
             log.debug("README.md of %s at %s has unreadable metadata: %s", ref, commit.id, exc)
             return None

@@ -12,26 +12,26 @@ who cannot read them, as huggingface.co does, so their existence does not leak.
 
 from __future__ import annotations
 
-import fcntl
 import hmac
 import json
 import os
 import secrets
 import string
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
-from alignsmith.hub.storage import HubError, RepoNotFoundError, RepoRef, atomic_write_json
+from alignsmith.errors import AlignsmithError
+from alignsmith.files import atomic_write_json, file_lock
+from alignsmith.hub.storage import HubError, RepoNotFoundError, RepoRef
 
 TOKEN_FILE = "tokens.json"
 ADMIN_NAME = "admin"
 ALL_NAMESPACES = "*"
 
 
-class TokenError(ValueError):
+class TokenError(AlignsmithError):
     """A token request that cannot be honoured (bad name or scope)."""
 
 
@@ -59,18 +59,6 @@ class Token:
 
 def token_file(root: Path) -> Path:
     return Path(root) / TOKEN_FILE
-
-
-@contextmanager
-def _file_lock(root: Path) -> Iterator[None]:
-    """Serialise token-file writers across processes (the CLI may add a token while a server runs)."""
-    Path(root).mkdir(parents=True, exist_ok=True)
-    with open(Path(root) / "tokens.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _check_scopes(field: str, scopes: Sequence[str]) -> tuple[str, ...]:
@@ -133,7 +121,7 @@ def create_token(root: Path, name: str, read: Sequence[str] = (), write: Sequenc
         "read": list(_check_scopes("read", read)),
         "write": list(_check_scopes("write", write)),
     }
-    with _file_lock(root):
+    with file_lock(Path(root) / "tokens.lock"):
         tokens = _load(root)
         tokens.append(entry)
         _save(root, tokens)
@@ -145,7 +133,7 @@ def ensure_admin_token(root: Path) -> str | None:
 
     Returns the new token, or None when the file already existed (it is never rewritten).
     """
-    with _file_lock(root):
+    with file_lock(Path(root) / "tokens.lock"):
         if token_file(root).exists():
             return None
         secret = _new_secret()

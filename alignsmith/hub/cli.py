@@ -35,7 +35,8 @@ def stop(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="alignsmith hub stop", description="Stop the background embedded Hub of a root.")
     _root_arg(parser)
     args = parser.parse_args(argv)
-    from alignsmith.hub.local import default_root, stop_local_hub
+    from alignsmith.hub.local import stop_local_hub
+    from alignsmith.hub.storage import default_root
 
     root = Path(args.root or default_root()).expanduser().resolve()
     pid = stop_local_hub(root)
@@ -55,7 +56,7 @@ def token(argv: Sequence[str]) -> int:
                         help="Namespace the token may write ('*' for all); repeatable.")
     args = parser.parse_args(argv)
     from alignsmith.hub.auth import create_token
-    from alignsmith.hub.local import default_root
+    from alignsmith.hub.storage import default_root
 
     root = Path(args.root or default_root()).expanduser().resolve()
     print(create_token(root, args.name, read=args.read, write=args.write))

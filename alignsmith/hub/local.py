@@ -12,7 +12,6 @@ that outlives the caller, so later runs reuse it; it records itself in ``<root>/
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -24,15 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from alignsmith.errors import AlignsmithError
+from alignsmith.files import file_lock
 from alignsmith.hub.auth import admin_token
 from alignsmith.hub.server import read_state
+from alignsmith.hub.storage import default_root
 
-ROOT_ENV = "ALIGNSMITH_HUB_ROOT"
 LOG_FILE = "server.log"
 START_TIMEOUT_S = 60.0
 
 
-class HubStartError(RuntimeError):
+class HubStartError(AlignsmithError):
     """The background server did not come up; the message carries the end of its log."""
 
 
@@ -42,10 +43,6 @@ class LocalHub:
     token: str | None  # the root's admin token (None if the token file has none)
     root: Path
     pid: int
-
-
-def default_root() -> Path:
-    return Path(os.environ.get(ROOT_ENV) or Path.home() / ".cache" / "alignsmith" / "hub").expanduser()
 
 
 def _serves_root(url: str, root: Path) -> bool:
@@ -69,8 +66,7 @@ def ensure_local_hub(root: Path | None = None) -> LocalHub:
     """The embedded Hub serving ``root`` (default: :func:`default_root`), started if needed."""
     root = Path(root or default_root()).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / "ensure.lock", "a") as lock:  # two callers racing start one server
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(root / "ensure.lock"):  # two callers racing start one server
         hub = _running(root)
         if hub is not None:
             return hub

@@ -14,7 +14,6 @@ Run it with ``python -m alignsmith.hub.server --root DIR [--host 127.0.0.1] [--p
 from __future__ import annotations
 
 import argparse
-import fcntl
 import io
 import json
 import logging
@@ -23,15 +22,18 @@ import signal
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from alignsmith import __version__
+from alignsmith.errors import AlignsmithError
+from alignsmith.files import atomic_write_json, file_lock
 from alignsmith.hub import auth
 from alignsmith.hub.api import CHUNK_SIZE, HubApp, Request, Response, error_response
-from alignsmith.hub.storage import BadRequestError, HubError, HubStorage, atomic_write_json
+from alignsmith.hub.storage import BadRequestError, HubError, HubStorage, default_root
 
 log = logging.getLogger("alignsmith.hub")
 
@@ -40,7 +42,7 @@ LOCK_FILE = "server.lock"
 MAX_DRAIN = 1024 * 1024
 
 
-class HubServerError(RuntimeError):
+class HubServerError(AlignsmithError):
     """The server cannot start (the root is in use, or the address cannot be bound)."""
 
 
@@ -256,22 +258,21 @@ class HubServer:
         self._listening = False
         self._serving = False
 
-    def _acquire_root(self) -> Any:
-        lock = open(self.root / LOCK_FILE, "a")
+    def _acquire_root(self) -> ExitStack:
+        """Hold the root's lock for the server's lifetime: one server per storage folder."""
+        held = ExitStack()
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.enter_context(file_lock(self.root / LOCK_FILE, blocking=False))
         except BlockingIOError:
-            lock.close()
             state = read_state(self.root) or {}
             raise HubServerError(
                 f"another embedded Hub server (pid {state.get('pid', '?')}, {state.get('url', '?')}) "
                 f"is already using {self.root}"
             ) from None
-        return lock
+        return held
 
     def _release_root(self) -> None:
         if self._lock is not None:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
 
@@ -333,7 +334,6 @@ class HubServer:
 
 def main(argv: Sequence[str] | None = None, prog: str = "alignsmith hub serve") -> int:
     """``alignsmith hub serve`` / ``python -m alignsmith.hub.server``: serve a root until SIGINT/SIGTERM."""
-    from alignsmith.hub.local import default_root
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument(

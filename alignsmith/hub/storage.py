@@ -35,6 +35,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from alignsmith.files import atomic_write, atomic_write_json, fsync_dir
+
+ROOT_ENV = "ALIGNSMITH_HUB_ROOT"
 REPO_TYPES = ("model", "dataset", "space")
 DEFAULT_BRANCH = "main"
 
@@ -282,41 +285,13 @@ def validate_ref_name(kind: str, name: str) -> str:
     return name
 
 
+def default_root() -> Path:
+    """The storage folder used when none is given: ``$ALIGNSMITH_HUB_ROOT``, else ``~/.cache/alignsmith/hub``."""
+    return Path(os.environ.get(ROOT_ENV) or Path.home() / ".cache" / "alignsmith" / "hub").expanduser()
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` so that readers see either the old file or the whole new one, even after a crash.
-
-    ``durable=False`` skips the fsyncs, for callers that make a whole batch durable at once.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if durable:
-        _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 def _read_json(path: Path) -> Any:
@@ -406,7 +381,7 @@ class HubStorage:
                 atomic_write_json(staging / "refs.json", Refs(branches={DEFAULT_BRANCH: commit.id}).to_json())
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(staging, final)  # the whole repository appears at once
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
             finally:
                 if staging.exists():
                     shutil.rmtree(staging, ignore_errors=True)
@@ -578,7 +553,7 @@ class HubStorage:
         draft = Commit("", parents, dict(tree), title, message, author, utc_now())
         body = json.dumps(draft.payload(), sort_keys=True, separators=(",", ":")).encode()
         sha = hashlib.sha1(body).hexdigest()
-        atomic_write_bytes(repo_dir / "commits" / sha[:2] / f"{sha[2:]}.json", body)
+        atomic_write(repo_dir / "commits" / sha[:2] / f"{sha[2:]}.json", body)
         return Commit(sha, parents, draft.tree, title, message, author, draft.date)
 
     def apply_commit(
@@ -652,7 +627,7 @@ class HubStorage:
         sha256 = hashlib.sha256(data).hexdigest()
         path = repo_dir / "blobs" / sha256[:2] / sha256[2:]
         if not path.exists():
-            atomic_write_bytes(path, data, durable=False)
+            atomic_write(path, data, durable=False)
             self._unsynced_blobs = True  # set after the write: see _flush_blobs
         return FileEntry(sha256, len(data), False, git_blob_id(data))
 
@@ -701,7 +676,7 @@ class HubStorage:
             final = self.blob_path(ref, sha256)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         finally:
             Path(tmp).unlink(missing_ok=True)
 

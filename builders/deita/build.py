@@ -1,10 +1,10 @@
-"""``alignsmith deita build|merge``: score, embed and select a pool, then publish the dataset.
+"""``alignsmith build deita`` and ``build deita-merge``: score, embed and select a pool, then publish the dataset.
 
 The work is cut into shards (see :mod:`alignsmith.shards`): scoring and embedding write each
 finished shard to ``work_dir``, so a killed build resumes where it stopped and gives the same
 output. Under ``accelerate launch`` every process takes its share of the shards and the main process
 selects and publishes; with ``num_shards``/``shard_index`` separate machines each compute their
-part and ``deita merge`` (same recipe) checks that every shard is there before selecting.
+part and ``build deita-merge`` (same recipe) checks that every shard is there before selecting.
 """
 
 from __future__ import annotations
@@ -12,42 +12,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-from alignsmith.lineage import ArtifactRef, Lineage, resolve
+from alignsmith.lineage import ArtifactRef, Lineage, pin
 from alignsmith.publish import Release, ensure_tag_free
 from alignsmith.recipes import to_dict
-from alignsmith.shards import ShardPlan, ShardStore, fingerprint
-from alignsmith.sources import LoadedSource, SourceError, load_source
+from alignsmith.shards import ShardMismatchError, ShardPlan, ShardStore, fingerprint
+from alignsmith.sources import SourceError, load_source
 from builders.deita.recipe import DeitaRecipe
+from builders.deita.results import FinishedBuild, Merged, Models, Pool
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Pool:
-    """The pool's valid records, its rejected rows, and what pins it."""
-
-    loaded: LoadedSource
-    records: list[dict[str, Any]]
-    rejected: list[dict[str, Any]]
-    ref: ArtifactRef
-
-
-@dataclass
-class Models:
-    """Every model the build uses, pinned to a commit (or a content hash for local folders)."""
-
-    complexity: ArtifactRef
-    quality: ArtifactRef
-    embedder: ArtifactRef
-    difficulty: ArtifactRef | None
-
-    def refs(self) -> list[ArtifactRef]:
-        return [r for r in (self.complexity, self.quality, self.embedder, self.difficulty) if r is not None]
 
 
 def load_pool(recipe: DeitaRecipe) -> Pool:
@@ -64,20 +41,13 @@ def load_pool(recipe: DeitaRecipe) -> Pool:
 
 
 def pin_models(recipe: DeitaRecipe) -> Models:
-    def pin(role: str, model: str, revision: str | None) -> ArtifactRef:
-        return resolve(role, model, "model", revision)
-
+    """Every model pinned once; the workers load exactly these refs."""
     return Models(
-        pin("complexity_scorer", recipe.complexity_scorer.model, recipe.complexity_scorer.revision),
-        pin("quality_scorer", recipe.quality_scorer.model, recipe.quality_scorer.revision),
-        pin("embedder", recipe.embedder.model, recipe.embedder.revision),
-        pin("difficulty_model", recipe.difficulty_model, None) if recipe.difficulty_model else None,
+        pin("complexity_scorer", recipe.complexity_scorer.model, "model", recipe.complexity_scorer.revision),
+        pin("quality_scorer", recipe.quality_scorer.model, "model", recipe.quality_scorer.revision),
+        pin("embedder", recipe.embedder.model, "model", recipe.embedder.revision),
+        pin("difficulty_model", recipe.difficulty_model, "model") if recipe.difficulty_model else None,
     )
-
-
-def _load_revision(ref: ArtifactRef) -> str | None:
-    """Load Hub models by the sha lineage recorded, so the weights are exactly the recorded ones."""
-    return ref.sha if ref.repo_type != "local" else None
 
 
 def records_fingerprint(records: Sequence[dict[str, Any]]) -> str:
@@ -185,7 +155,7 @@ class _Workers:
     def _scorer(self, kind: str, spec, ref: ArtifactRef):
         from builders.deita.scoring import DeitaScorer
 
-        return DeitaScorer(spec.model, kind, revision=_load_revision(ref) or spec.revision, dtype=spec.dtype,
+        return DeitaScorer(ref, kind, dtype=spec.dtype,
                            batch_size=spec.batch_size, max_length=spec.max_length, truncation=self.recipe.truncation,
                            context=self.recipe.context, digit_token_ids=spec.digit_token_ids)
 
@@ -198,37 +168,20 @@ class _Workers:
     def embedder(self):
         from builders.deita.embedding import CausalLMEmbedder, SentenceTransformerEmbedder
 
-        spec, revision = self.recipe.embedder, _load_revision(self.models.embedder) or self.recipe.embedder.revision
+        spec, ref = self.recipe.embedder, self.models.embedder
         if spec.kind == "causal_lm":
-            make = lambda: CausalLMEmbedder(spec.model, revision=revision, dtype=spec.dtype, batch_size=spec.batch_size,  # noqa: E731
+            make = lambda: CausalLMEmbedder(ref, dtype=spec.dtype, batch_size=spec.batch_size,  # noqa: E731
                                             max_length=spec.max_length, only_answer=spec.only_answer,
                                             output_dtype=spec.storage_dtype)
         else:
-            make = lambda: SentenceTransformerEmbedder(spec.model, revision=revision, batch_size=spec.batch_size,  # noqa: E731
+            make = lambda: SentenceTransformerEmbedder(ref, batch_size=spec.batch_size,  # noqa: E731
                                                        only_answer=spec.only_answer, output_dtype=spec.storage_dtype)
         return self._get("embedder", make)
 
     def difficulty(self):
         from builders.deita.difficulty import DifficultyScorer
 
-        return self._get("difficulty", lambda: DifficultyScorer(self.recipe.difficulty_model,
-                                                                revision=_load_revision(self.models.difficulty)))
-
-
-@dataclass
-class Merged:
-    """Every shard's results, concatenated in pool order."""
-
-    complexity: list[list[float]]
-    quality: list[list[float]]
-    complexity_truncated: list[list[bool]]
-    quality_truncated: list[list[bool]]
-    error_field: np.ndarray
-    error_reason: np.ndarray
-    embeddings: np.ndarray  # memory-mapped [rows, dim]
-    embedding_truncated: np.ndarray
-    perplexity: np.ndarray | None
-    ifd: np.ndarray | None
+        return self._get("difficulty", lambda: DifficultyScorer(self.models.difficulty))
 
 
 class RowSubset:
@@ -248,7 +201,7 @@ class RowSubset:
 
 def _check_rows(store: ShardStore, rows: np.ndarray, n_rows: int) -> None:
     if not np.array_equal(rows, np.arange(n_rows)):
-        raise ValueError(f"{store.dir}: shards do not cover rows 0..{n_rows - 1} exactly once")
+        raise ShardMismatchError(f"{store.dir}: shards do not cover rows 0..{n_rows - 1} exactly once")
 
 
 def _merge_embeddings(store: ShardStore, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -314,7 +267,7 @@ def _state():
 
 
 def run(recipe: DeitaRecipe) -> Release | None:
-    """``deita build``: compute this worker's shards; on a single machine, then select and publish."""
+    """``build deita``: compute this worker's shards; on a single machine, then select and publish."""
     ensure_tag_free(recipe.output.repo_id, "dataset", recipe.output.tag)  # before hours of scoring, not after
     pool = load_pool(recipe)
     models = pin_models(recipe)
@@ -325,7 +278,7 @@ def run(recipe: DeitaRecipe) -> Release | None:
     if recipe.num_shards > 1:  # machines finish in any order: publishing is merge's job alone
         missing = sorted({s for store in work.stores() for s in store.missing()})
         log.info("machine shard %d of %d is done (%d work shard(s) still missing overall). When every machine has "
-                 "finished, run `alignsmith deita merge` with the same recipe.", recipe.shard_index, recipe.num_shards,
+                 "finished, run `alignsmith build deita-merge` with the same recipe.", recipe.shard_index, recipe.num_shards,
                  len(missing))
         return None
     if not state.is_main_process:
@@ -334,7 +287,7 @@ def run(recipe: DeitaRecipe) -> Release | None:
 
 
 def merge(recipe: DeitaRecipe) -> Release:
-    """``deita merge``: check that every shard is present and consistent, then select and publish."""
+    """``build deita-merge``: check that every shard is present and consistent, then select and publish."""
     ensure_tag_free(recipe.output.repo_id, "dataset", recipe.output.tag)
     pool = load_pool(recipe)
     models = pin_models(recipe)
@@ -353,8 +306,8 @@ def select_and_publish(recipe: DeitaRecipe, pool: Pool, models: Models, work: Wo
                     embeddings=RowSubset(merged.embeddings, valid) if spec.strategy == "deita" else None,
                     **_strategy_options(spec))
     log.info("selected %d of %d scored rows with strategy %r", len(result.selected), len(valid), spec.strategy)
-    lineage = Lineage(command="deita build", recipe=to_dict(recipe), inputs=[pool.ref], models=models.refs())
-    return publish_build(recipe, pool, merged, valid, table, result, lineage)
+    lineage = Lineage(command="build deita", recipe=to_dict(recipe), inputs=[pool.ref], models=models.refs())
+    return publish_build(FinishedBuild(recipe, pool, merged, valid, table, result, lineage))
 
 
 def _selection_table(records: list[dict[str, Any]], merged: Merged, valid: np.ndarray) -> dict[str, Any]:

@@ -27,20 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from alignsmith.lineage import ArtifactRef
+from alignsmith.models.batching import context_length, length_sorted_batches, pad_id, right_pad
+from alignsmith.models.loading import ModelLoadError, PinnedModel, load_pretrained, pinned
+from alignsmith.recipes import check_choice
 from alignsmith.records import RecordError, RecordRef
 
 from .prompts import conversation_turns, record_ref
-from .scoring import (
-    OnError,
-    PinnedModel,
-    check_choice,
-    context_length,
-    length_sorted_batches,
-    load_pretrained,
-    pad_id,
-    pin_model,
-    right_pad,
-)
+from .scoring import OnError
 
 
 @dataclass
@@ -60,7 +54,7 @@ class DifficultyScorer(PinnedModel):
 
     def __init__(
         self,
-        model_id_or_path: str,
+        model: str | ArtifactRef,
         *,
         revision: str | None = None,
         dtype: str | torch.dtype = "auto",
@@ -68,13 +62,13 @@ class DifficultyScorer(PinnedModel):
         batch_size: int = 8,
         max_length: int | None = None,
     ) -> None:
-        self.model_ref = pin_model(model_id_or_path, revision)
+        self.model_ref = pinned(model, revision, "difficulty_model")
         self.model, self.tokenizer = load_pretrained(self.model_ref, dtype=dtype, device=device)
         self.batch_size = batch_size
         self.max_length = max_length or context_length(self.model, self.tokenizer)
         start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
         if start is None:
-            raise ValueError(f"{model_id_or_path!r} has neither a BOS nor an EOS token to start a document with")
+            raise ModelLoadError(f"{self.model_ref.repo_id!r} has neither a BOS nor an EOS token to start a document with")
         self.document_start = np.array([start], dtype=np.int32)
 
     def prompt_ids(self, instruction: str) -> list[int]:

@@ -24,18 +24,11 @@ import numpy as np
 import torch
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
+from alignsmith.lineage import ArtifactRef, load_revision
+from alignsmith.models.batching import length_sorted_batches, pad_id, right_pad
+from alignsmith.models.loading import ModelLoadError, PinnedModel, in_memory_ref, load_pretrained, pinned, resolve_device
+
 from .prompts import conversation_turns, record_ref
-from .scoring import (
-    ModelLoadError,
-    ModelRef,
-    PinnedModel,
-    length_sorted_batches,
-    load_pretrained,
-    pad_id,
-    pin_model,
-    resolve_device,
-    right_pad,
-)
 
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -93,7 +86,7 @@ class CausalLMEmbedder(PinnedModel):
 
     def __init__(
         self,
-        model_id_or_path: str,
+        model: str | ArtifactRef,
         *,
         revision: str | None = None,
         dtype: str | torch.dtype = "auto",
@@ -103,9 +96,9 @@ class CausalLMEmbedder(PinnedModel):
         only_answer: bool = False,
         output_dtype: OutputDtype = "float32",
     ) -> None:
-        ref = pin_model(model_id_or_path, revision)
-        model, tokenizer = load_pretrained(ref, dtype=dtype, device=device, auto_class=AutoModel)
-        self._configure(model, tokenizer, ref, batch_size, max_length, only_answer, output_dtype)
+        ref = pinned(model, revision, "embedder")
+        loaded, tokenizer = load_pretrained(ref, dtype=dtype, device=device, auto_class=AutoModel)
+        self._configure(loaded, tokenizer, ref, batch_size, max_length, only_answer, output_dtype)
 
     @classmethod
     def from_model(
@@ -120,7 +113,7 @@ class CausalLMEmbedder(PinnedModel):
     ) -> CausalLMEmbedder:
         """An embedder around a model in memory: a decoder, or a causal LM (its decoder is used)."""
         embedder = cls.__new__(cls)
-        ref = ModelRef(model.config.name_or_path)
+        ref = in_memory_ref(model, "embedder")
         embedder._configure(model.get_decoder().eval(), tokenizer, ref, batch_size, max_length, only_answer, output_dtype)
         return embedder
 
@@ -128,7 +121,7 @@ class CausalLMEmbedder(PinnedModel):
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        ref: ModelRef,
+        ref: ArtifactRef,
         batch_size: int,
         max_length: int,
         only_answer: bool,
@@ -166,7 +159,7 @@ class SentenceTransformerEmbedder(PinnedModel):
 
     def __init__(
         self,
-        model_id_or_path: str,
+        model: str | ArtifactRef,
         *,
         revision: str | None = None,
         device: str | torch.device = "auto",
@@ -176,13 +169,11 @@ class SentenceTransformerEmbedder(PinnedModel):
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self.model_ref = pin_model(model_id_or_path, revision)
+        self.model_ref = ref = pinned(model, revision, "embedder")
         try:
-            self.model = SentenceTransformer(
-                model_id_or_path, revision=self.model_ref.sha or revision, device=str(resolve_device(device))
-            )
+            self.model = SentenceTransformer(ref.repo_id, revision=load_revision(ref), device=str(resolve_device(device)))
         except (OSError, ValueError) as err:  # ValueError: a folder without a tokenizer or a known config
-            raise ModelLoadError(f"cannot load sentence-transformers model {model_id_or_path!r}: {err}") from None
+            raise ModelLoadError(f"cannot load sentence-transformers model {ref.repo_id!r}: {err}") from None
         self.batch_size, self.only_answer = batch_size, only_answer
         self.output_dtype = np.dtype(output_dtype)
         self.dimension = int(self.model.get_embedding_dimension())

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from alignsmith.errors import AlignsmithError
 from alignsmith.records import RecordRef, check_text, type_name
 
 COMPLEXITY_TEMPLATE = (
@@ -33,7 +34,7 @@ QUALITY_TEMPLATE = (
 COMPLEXITY_CUE = "##Complexity: "
 QUALITY_CUE = "##Quality: "
 
-Kind = Literal["complexity", "quality"]
+ScoreKind = Literal["complexity", "quality"]
 Context = Literal["turn", "history"]
 
 
@@ -124,7 +125,7 @@ class EncodedPrompt:
     truncated: bool
 
 
-class PromptTooLongError(ValueError):
+class PromptTooLongError(AlignsmithError):
     """A prompt longer than the scorer's context, with truncation turned off or impossible."""
 
 
@@ -184,7 +185,7 @@ def _cut(tokenizer: PreTrainedTokenizerBase, text: str, keep: Literal["head", "t
 
 def encode_turn(
     tokenizer: PreTrainedTokenizerBase,
-    kind: Kind,
+    kind: ScoreKind,
     turn: Turn,
     history: str,
     max_length: int,

@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 
 from alignsmith.cards import CardContent, histogram
-from alignsmith.lineage import Lineage
 from alignsmith.publish import Release, publish_dataset
 from alignsmith.records import conversation_features, dataset_from_rows, rejected_features
 from builders.deita.recipe import DeitaRecipe
+from builders.deita.results import FinishedBuild, Pool
+from builders.deita.strategies import StrategyResult
 
 RECORD_COLUMNS = ("id", "source", "messages", "images")
 
@@ -48,7 +49,7 @@ def _scored_features():
     })
 
 
-def _decisions(result, n_valid: int, ids: list[str]) -> dict[str, np.ndarray]:
+def _decisions(result: StrategyResult, n_valid: int, ids: list[str]) -> dict[str, np.ndarray]:
     """Per valid row: decision, selection order, nearest selected similarity and id."""
     if result.deita is not None:
         report = result.deita.row_report()
@@ -93,17 +94,18 @@ def _final_scores(table: dict[str, Any], recipe: DeitaRecipe) -> np.ndarray:
                           ids=table["id"])
 
 
-def _source_rows(pool) -> list[int]:
+def _source_rows(pool: Pool) -> list[int]:
     """Source row index of each valid record (records keep source order; rejects are gaps)."""
     rejected = {r["row_index"] for r in pool.rejected}
     total = len(pool.records) + len(pool.rejected)
     return [i for i in range(total) if i not in rejected]
 
 
-def publish_build(recipe: DeitaRecipe, pool, merged, valid: np.ndarray, table: dict[str, Any], result,
-                  lineage: Lineage) -> Release:
+def publish_build(build: FinishedBuild) -> Release:
     import datasets
 
+    recipe, pool, merged, valid, table, result = (build.recipe, build.pool, build.merged, build.valid, build.table,
+                                                  build.result)
     records = pool.records
     ids = table["id"]
     final = _final_scores(table, recipe)
@@ -150,11 +152,12 @@ def publish_build(recipe: DeitaRecipe, pool, merged, valid: np.ndarray, table: d
     if recipe.publish_embeddings:
         configs["embeddings"] = {"train": _embeddings_dataset(ids, merged.embeddings, valid)}
 
-    content = _card_content(recipe, pool, merged, valid, final, result, rejected)
-    return publish_dataset(recipe.output, configs, content, lineage, default_config="selected")
+    content = _card_content(build, final)
+    return publish_dataset(recipe.output, configs, content, build.lineage, default_config="selected")
 
 
-def _card_content(recipe: DeitaRecipe, pool, merged, valid, final, result, rejected) -> CardContent:
+def _card_content(build: FinishedBuild, final: np.ndarray) -> CardContent:
+    recipe, pool, merged, valid, result = build.recipe, build.pool, build.merged, build.valid, build.result
     selected = result.selected
     stats: dict[str, Any] = {
         "pool rows": len(pool.records) + len(pool.rejected),

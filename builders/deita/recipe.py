@@ -1,15 +1,18 @@
-"""The Deita build recipe (``recipes/deita/*.yaml``).
+"""The Deita build recipe (``recipes/build/deita/*.yaml``).
 
-Kept free of heavy imports so ``alignsmith deita build --help`` is instant.
+Kept free of heavy imports so ``alignsmith build deita --help`` is instant: the selection checks
+(numpy) are imported only when a recipe is built.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
-from alignsmith.recipes import HubRecipe, OutputRepo, RecipeError, help_text
+from alignsmith.recipes import HubRecipe, OutputRepo, RecipeError, help_text, non_default
 from alignsmith.sources import DatasetSource
+
+SCORE_DIGITS = "123456"  # a Deita scorer answers with one of these digits
 
 
 @dataclass(kw_only=True)
@@ -17,11 +20,16 @@ class ScorerSpec:
     model: str = help_text("Scorer repo id or local path (e.g. hkust-nlp/deita-complexity-scorer).")
     revision: str | None = help_text("Model revision (tag, branch or sha).", default=None)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = help_text("'auto': bf16 on GPU, fp32 on CPU.", default="auto")
-    batch_size: int = help_text("Prompts per forward pass (length-sorted).", default=16)
-    max_length: int | None = help_text("Prompt token budget (default: the model's context).", default=None)
+    batch_size: int = help_text("Prompts per forward pass (length-sorted).", default=16, minimum=1)
+    max_length: int | None = help_text("Prompt token budget (default: the model's context).", default=None, minimum=1)
     digit_token_ids: list[int] | None = help_text(
-        "Token ids of '1'..'6' (default: read from the scorer's tokenizer).", default=None
+        "Token ids of '1'..'6' (default: read from the scorer's tokenizer).", default=None, minimum=0
     )
+
+    def __post_init__(self) -> None:
+        ids = self.digit_token_ids
+        if ids is not None and (len(ids) != len(SCORE_DIGITS) or len(set(ids)) != len(ids)):
+            raise RecipeError(f"digit_token_ids: expected {len(SCORE_DIGITS)} distinct token ids, got {ids}")
 
 
 @dataclass(kw_only=True)
@@ -33,11 +41,19 @@ class EmbedderSpec:
     )
     model: str = help_text("Embedding model repo id or local path.")
     revision: str | None = help_text("Model revision.", default=None)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = help_text("Model dtype.", default="auto")
-    batch_size: int = help_text("Rows per forward pass (length-sorted).", default=8)
-    max_length: int = help_text("Token budget of the rendered conversation (right-truncated).", default=2048)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = help_text("Model dtype (causal_lm only).", default="auto")
+    batch_size: int = help_text("Rows per forward pass (length-sorted).", default=8, minimum=1)
+    max_length: int = help_text(
+        "Token budget of the rendered conversation (right-truncated; causal_lm only).", default=2048, minimum=1
+    )
     only_answer: bool = help_text("Embed only the assistant turns (the reference's only_answer).", default=False)
     storage_dtype: Literal["float32", "float16"] = help_text("dtype of the stored embeddings.", default="float16")
+
+    def __post_init__(self) -> None:
+        # sentence-transformers loads its model in its own dtype and truncates at its own max_seq_length
+        unused = non_default(self, ("dtype", "max_length")) if self.kind == "sentence_transformers" else []
+        if unused:
+            raise RecipeError(f"{unused[0]}: not used by kind 'sentence_transformers'; remove it")
 
 
 @dataclass(kw_only=True)
@@ -45,9 +61,9 @@ class SelectionSpec:
     strategy: Literal["deita", "topk", "random", "instruction_length", "response_length", "perplexity", "ifd"] = help_text(
         "Selection strategy; 'deita' is score-first diversity-aware greedy selection.", default="deita"
     )
-    budget: int | None = help_text("Rows to select (null: no budget).", default=6000)
+    budget: int | None = help_text("Rows to select (null: no budget; 0: publish the scores only).", default=6000)
     max_similarity: float = help_text(
-        "Reject a candidate whose cosine SIMILARITY to any selected row is above this (Deita: 0.9).", default=0.9
+        "Reject a candidate whose cosine SIMILARITY (-1..1) to any selected row is above this (Deita: 0.9).", default=0.9
     )
     score: str = help_text("How per-turn scores combine into the final score (Deita: sum_product).", default="sum_product")
     tie_order: Literal["stable", "reference"] = help_text(
@@ -56,8 +72,32 @@ class SelectionSpec:
     invalid_embeddings: Literal["accept", "reject"] = help_text(
         "Zero-norm/NaN embeddings: 'accept' (the reference's behaviour) or 'reject'.", default="reject"
     )
-    block_size: int = help_text("Candidates compared per matrix product (speed only; output is identical).", default=1024)
+    block_size: int = help_text(
+        "Candidates compared per matrix product (speed only; output is identical; at least 1).", default=1024
+    )
     seed: int = help_text("Seed of the 'random' strategy.", default=0)
+
+    def __post_init__(self) -> None:
+        """The selection's own checks, run now rather than after hours of scoring."""
+        from builders.deita.selection import OPTION_PROBLEMS, SelectionInputError, check_score_combination
+        from builders.deita.strategies import STRATEGIES, strategy_options
+
+        for name, problem in OPTION_PROBLEMS.items():
+            if (reason := problem(getattr(self, name))) is not None:
+                raise RecipeError(f"{name}: {reason}")
+        try:
+            check_score_combination(self.score)
+        except SelectionInputError as err:
+            raise RecipeError(f"score: {err}") from None
+        # an option of some strategy, set here but not taken by the chosen one, would be silently ignored;
+        # `score` is exempt: it also computes the published final_score column, whatever the strategy
+        options = {option for name in STRATEGIES for option in strategy_options(name)} - {"score"}
+        taken = strategy_options(self.strategy)
+        unused = [name for name in non_default(self, (f.name for f in fields(self) if f.name in options))
+                  if name not in taken]
+        if unused:
+            raise RecipeError(f"{unused[0]}: not used by strategy {self.strategy!r}, which takes "
+                              f"{', '.join(taken) or 'no options'}")
 
 
 @dataclass(kw_only=True)
@@ -82,8 +122,8 @@ class DeitaRecipe(HubRecipe):
         "Malformed or unscorable rows: stop ('error') or keep them aside in the 'rejected' split.", default="reject"
     )
     work_dir: str = help_text("Where finished shards are kept; a rerun resumes from them.", default="runs/deita")
-    shard_size: int = help_text("Rows per work shard (the unit of resumption).", default=256)
-    num_shards: int = help_text("Split the pool across this many machines (e.g. a Slurm array).", default=1)
+    shard_size: int = help_text("Rows per work shard (the unit of resumption).", default=256, minimum=1)
+    num_shards: int = help_text("Split the pool across this many machines (e.g. a Slurm array).", default=1, minimum=1)
     shard_index: int = help_text("Which machine this is (0-based).", default=0)
     publish_embeddings: bool = help_text("Also publish an 'embeddings' config.", default=False)
     output: OutputRepo = help_text("Dataset repo (and tag) to publish to.")
@@ -91,6 +131,7 @@ class DeitaRecipe(HubRecipe):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 <= self.shard_index < self.num_shards:
-            raise RecipeError(f"shard_index {self.shard_index} must be in 0..{self.num_shards - 1}")
+            raise RecipeError(f"shard_index: must be in 0..{self.num_shards - 1} (num_shards {self.num_shards}), "
+                              f"got {self.shard_index}")
         if self.selection.strategy in ("perplexity", "ifd") and not self.difficulty_model:
-            raise RecipeError(f"selection.strategy {self.selection.strategy!r} needs difficulty_model")
+            raise RecipeError(f"difficulty_model: needed by selection.strategy {self.selection.strategy!r}")

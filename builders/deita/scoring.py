@@ -6,22 +6,24 @@ tokens "1".."6" right after the prompt. The reference implementation reads the s
 same numbers (greedy ``generate`` applies no logits processor to the first position) without
 decoding anything.
 
-Also here: loading a model pinned to a commit, and the padded, length-sorted batching that the
-embedding and difficulty stages share with the scorers.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from alignsmith.errors import AlignsmithError
+from alignsmith.lineage import ArtifactRef
+from alignsmith.models.batching import context_length, length_sorted_batches, pad_id, right_pad
+from alignsmith.models.loading import PinnedModel, in_memory_ref, load_pretrained, pinned
+from alignsmith.recipes import check_choice
 from alignsmith.records import RecordError, RecordRef, check_text
 
 from .prompts import (
@@ -29,149 +31,22 @@ from .prompts import (
     QUALITY_CUE,
     Context,
     EncodedPrompt,
-    Kind,
     PromptTooLongError,
+    ScoreKind,
     Turn,
     conversation_turns,
     encode_turn,
     record_ref,
     render_history,
 )
+from .recipe import SCORE_DIGITS
 
-DIGITS = "123456"
 OnError = Literal["error", "reject"]
-
-# --- models: pinning, loading, batching -----------------------------------------------------------
-
-
-class ModelLoadError(ValueError):
-    """A model or tokenizer that cannot be found or loaded."""
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """The model a stage ran, as lineage records it: ``sha`` is the Hub commit (None for a local folder)."""
-
-    name: str
-    revision: str | None = None
-    sha: str | None = None
-
-
-def pin_model(model_id_or_path: str, revision: str | None = None) -> ModelRef:
-    """Resolve a Hub model reference to its commit, so loading by that sha gives exactly these weights."""
-    if os.path.isdir(model_id_or_path):
-        return ModelRef(model_id_or_path, revision, None)
-    import httpx
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
-    try:
-        sha = HfApi().model_info(model_id_or_path, revision=revision).sha
-    except (HfHubHTTPError, httpx.HTTPError, ValueError, OSError) as err:
-        where = f"{model_id_or_path}@{revision}" if revision else model_id_or_path
-        raise ModelLoadError(f"model {where!r} is neither a local folder nor reachable on the Hub: {err}") from None
-    return ModelRef(model_id_or_path, revision, sha)
-
-
-class PinnedModel:
-    """What every Deita model stage exposes about its weights: the model it runs, pinned to a commit."""
-
-    model_ref: ModelRef
-
-    @property
-    def model_sha(self) -> str | None:
-        """The Hub commit the weights were loaded at (None for a local folder or a model handed in)."""
-        return self.model_ref.sha
-
-    @property
-    def model_revision(self) -> str | None:
-        """The branch, tag or sha that was asked for."""
-        return self.model_ref.revision
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``"auto"`` is bfloat16 on CUDA and float32 elsewhere (CPU bfloat16 matmuls are slow and lossy)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    resolved = getattr(torch, dtype, None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'")
-    return resolved
-
-
-def load_pretrained(
-    ref: ModelRef,
-    *,
-    dtype: str | torch.dtype = "auto",
-    device: str | torch.device = "auto",
-    auto_class: type = AutoModelForCausalLM,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a model in eval mode on ``device`` and its tokenizer, by commit sha when there is one."""
-    target = resolve_device(device)
-    weights_dtype = resolve_dtype(dtype, target)
-    revision = ref.sha or ref.revision
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(ref.name, revision=revision)
-        model = auto_class.from_pretrained(ref.name, revision=revision, dtype=weights_dtype, device_map=str(target))
-    except (OSError, ValueError) as err:  # transformers raises ValueError for a missing tokenizer or an unknown config
-        raise ModelLoadError(f"cannot load model {ref.name!r} (revision {revision}): {err}") from None
-    return model.eval(), tokenizer
-
-
-def context_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
-    """The longest input the model was built for: its position table, else the tokenizer's limit."""
-    config = model.config.get_text_config()
-    limit = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
-    if not limit or limit > 1_000_000:  # tokenizers without a limit report a huge sentinel
-        raise ValueError(f"{config.name_or_path!r} declares no context length; pass max_length explicitly")
-    return int(limit)
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Row indices grouped into batches of similar length, longest first (so memory errors show early)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """Padding is never attended to (see :func:`right_pad`); a real pad (or EOS) keeps inputs readable."""
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0
-
-
-def right_pad(sequences: Sequence[Sequence[int] | np.ndarray], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded input ids and each row's length, to run with NO attention mask.
-
-    In a causal LM a token only attends to earlier positions, so padding placed after a row's last
-    real token never reaches it: every real position computes exactly what it would unpadded. With
-    no mask, attention takes its fused causal path (flash/memory-efficient kernels on GPU) instead
-    of materialising a padding mask, which is what makes batching pay off.
-    """
-    lengths = torch.as_tensor([len(s) for s in sequences], dtype=torch.long)
-    if int(lengths.min()) < 1:
-        raise ValueError("cannot run the model on an empty sequence")
-    input_ids = torch.full((len(sequences), int(lengths.max())), pad, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-    return input_ids.to(device), lengths.to(device)
-
 
 # --- score maths -------------------------------------------------------------------------------------
 
 
-class DigitTokenError(ValueError):
+class DigitTokenError(AlignsmithError):
     """The tokenizer cannot spell a score digit as one token after the prompt."""
 
 
@@ -188,7 +63,7 @@ def digit_token_ids(tokenizer: PreTrainedTokenizerBase, cue: str = COMPLEXITY_CU
     """
     prefix = tokenizer.encode(cue, add_special_tokens=False)
     ids: list[int] = []
-    for digit in DIGITS:
+    for digit in SCORE_DIGITS:
         full = tokenizer.encode(cue + digit, add_special_tokens=False)
         if full[: len(prefix)] != prefix or len(full) != len(prefix) + 1:
             pieces = tokenizer.convert_ids_to_tokens(full[len(_common_prefix(prefix, full)) :])
@@ -212,7 +87,7 @@ def _common_prefix(a: list[int], b: list[int]) -> list[int]:
 def expected_score(digit_logits: torch.Tensor) -> torch.Tensor:
     """E[k] under softmax over the six digit logits (last dim); NaN where the logits are unusable."""
     probs = torch.softmax(digit_logits.float(), dim=-1)
-    values = torch.arange(1, len(DIGITS) + 1, dtype=probs.dtype, device=probs.device)
+    values = torch.arange(1, len(SCORE_DIGITS) + 1, dtype=probs.dtype, device=probs.device)
     return (probs * values).sum(-1)
 
 
@@ -220,7 +95,7 @@ def expected_score(digit_logits: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class TurnScores:
+class ScoredTurns:
     scores: np.ndarray  # float64 [n], each in [1, 6]
     truncated: np.ndarray  # bool [n]: the prompt was cut to fit max_length
 
@@ -247,8 +122,8 @@ class DeitaScorer(PinnedModel):
 
     def __init__(
         self,
-        model_id_or_path: str,
-        kind: Kind,
+        model: str | ArtifactRef,
+        kind: ScoreKind,
         *,
         revision: str | None = None,
         dtype: str | torch.dtype = "auto",
@@ -259,16 +134,16 @@ class DeitaScorer(PinnedModel):
         context: Context = "turn",
         digit_token_ids: Sequence[int] | None = None,
     ) -> None:
-        ref = pin_model(model_id_or_path, revision)
-        model, tokenizer = load_pretrained(ref, dtype=dtype, device=device)
-        self._configure(model, tokenizer, ref, kind, batch_size, max_length, truncation, context, digit_token_ids)
+        ref = pinned(model, revision, f"{kind}_scorer")
+        loaded, tokenizer = load_pretrained(ref, dtype=dtype, device=device)
+        self._configure(loaded, tokenizer, ref, kind, batch_size, max_length, truncation, context, digit_token_ids)
 
     @classmethod
     def from_model(
         cls,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        kind: Kind,
+        kind: ScoreKind,
         *,
         batch_size: int = 16,
         max_length: int | None = None,
@@ -278,7 +153,7 @@ class DeitaScorer(PinnedModel):
     ) -> DeitaScorer:
         """A scorer around a model already in memory (its dtype and device are used as they are)."""
         scorer = cls.__new__(cls)
-        ref = ModelRef(model.config.name_or_path)
+        ref = in_memory_ref(model, f"{kind}_scorer")
         scorer._configure(model.eval(), tokenizer, ref, kind, batch_size, max_length, truncation, context, digit_token_ids)
         return scorer
 
@@ -286,8 +161,8 @@ class DeitaScorer(PinnedModel):
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        ref: ModelRef,
-        kind: Kind,
+        ref: ArtifactRef,
+        kind: ScoreKind,
         batch_size: int,
         max_length: int | None,
         truncation: Literal["head", "error"],
@@ -303,7 +178,7 @@ class DeitaScorer(PinnedModel):
         cue = COMPLEXITY_CUE if kind == "complexity" else QUALITY_CUE
         self.digit_ids = _scorer_digit_ids(tokenizer, cue, digit_token_ids)
 
-    def score_turns(self, turns: Sequence[tuple[str, str]]) -> TurnScores:
+    def score_turns(self, turns: Sequence[tuple[str, str]]) -> ScoredTurns:
         """Score (instruction, response) pairs, each on its own; raises on the first unscorable one."""
         ref = RecordRef(None)
         parsed = [
@@ -320,7 +195,7 @@ class DeitaScorer(PinnedModel):
         for i, score in enumerate(scores):
             if not math.isfinite(score):
                 raise _unscorable(ref, parsed[i])
-        return TurnScores(scores, np.array([p.truncated for p in prompts], dtype=bool))
+        return ScoredTurns(scores, np.array([p.truncated for p in prompts], dtype=bool))
 
     def score_records(self, records: Sequence[Mapping[str, Any]], *, on_error: OnError = "error") -> list[RecordScores]:
         """Score every turn of canonical conversation records, in input order.
@@ -392,16 +267,10 @@ def _scorer_digit_ids(tokenizer: PreTrainedTokenizerBase, cue: str, override: Se
     if override is None:
         return digit_token_ids(tokenizer, cue)
     ids = [int(i) for i in override]
-    if len(ids) != len(DIGITS) or len(set(ids)) != len(ids) or not all(0 <= i < len(tokenizer) for i in ids):
+    if len(ids) != len(SCORE_DIGITS) or len(set(ids)) != len(ids) or not all(0 <= i < len(tokenizer) for i in ids):
         raise ValueError(f"digit_token_ids must be 6 distinct ids below the vocabulary size {len(tokenizer)}, got {ids}")
     return ids
 
 
 def _unscorable(ref: RecordRef, turn: Turn) -> RecordError:
     return ref.error(turn.instruction_field, "the scorer's logits for the digits 1-6 are not finite", "unscorable")
-
-
-def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    """Options arrive from YAML recipes as plain strings, so they are checked at run time."""
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")

@@ -44,6 +44,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from alignsmith.errors import AlignsmithError
+
 TieOrder = Literal["stable", "reference"]
 InvalidEmbeddingPolicy = Literal["accept", "reject"]
 
@@ -57,7 +59,7 @@ DEFAULT_BLOCK_SIZE = 1024
 _SIMILARITY_CHUNK_ELEMENTS = 1 << 24
 
 
-class SelectionInputError(ValueError):
+class SelectionInputError(AlignsmithError):
     """Selection input that cannot be used as given (names the row and field at fault)."""
 
 
@@ -101,9 +103,46 @@ def numeric_column(values: Iterable[Any], field: str, ids: Sequence[Any] | None 
     return np.fromiter((_as_float(v, field, ids, i) for i, v in enumerate(items)), np.float64, len(items))
 
 
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _budget_problem(budget: Any) -> str | None:
+    if budget is not None and (not _is_integer(budget) or budget < 0):
+        return f"must be a non-negative integer or None (no budget), got {budget!r}"
+    return None
+
+
+def _max_similarity_problem(max_similarity: Any) -> str | None:
+    # a cosine similarity lies in [-1, 1]: a threshold above 1 rejects nothing and below -1 everything
+    if not isinstance(max_similarity, numbers.Real) or not -1 <= max_similarity <= 1:  # NaN compares False
+        return f"must be a finite cosine similarity, between -1 and 1, got {max_similarity!r}"
+    return None
+
+
+def _block_size_problem(block_size: Any) -> str | None:
+    if not _is_integer(block_size) or block_size < 1:
+        return f"must be a positive integer, got {block_size!r}"
+    return None
+
+
+OPTION_PROBLEMS: dict[str, Callable[[Any], str | None]] = {
+    "budget": _budget_problem,
+    "max_similarity": _max_similarity_problem,
+    "block_size": _block_size_problem,
+}
+"""Why a value of each numeric option cannot be used (None when it can); the Deita recipe checks its
+values with these when it loads, so a bad one fails before any model does."""
+
+
+def _check_option(name: str, value: Any) -> None:
+    problem = OPTION_PROBLEMS[name](value)
+    if problem is not None:
+        raise SelectionInputError(f"{name} {problem}")
+
+
 def check_budget(budget: int | None) -> None:
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 0):
-        raise SelectionInputError(f"budget must be a non-negative integer or None (no budget), got {budget!r}")
+    _check_option("budget", budget)
 
 
 def check_tie_order(tie_order: str) -> None:
@@ -112,14 +151,12 @@ def check_tie_order(tie_order: str) -> None:
 
 
 def check_diversity_options(max_similarity: float, invalid_embeddings: str, block_size: int) -> None:
-    if not isinstance(max_similarity, numbers.Real) or not math.isfinite(max_similarity):
-        raise SelectionInputError(f"max_similarity must be a finite cosine similarity, got {max_similarity!r}")
+    _check_option("max_similarity", max_similarity)
     if invalid_embeddings not in INVALID_EMBEDDING_POLICIES:
         raise SelectionInputError(
             f"invalid_embeddings must be one of {INVALID_EMBEDDING_POLICIES}, got {invalid_embeddings!r}"
         )
-    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or block_size < 1:
-        raise SelectionInputError(f"block_size must be a positive integer, got {block_size!r}")
+    _check_option("block_size", block_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +165,7 @@ def check_diversity_options(max_similarity: float, invalid_embeddings: str, bloc
 
 
 @dataclass(frozen=True)
-class TurnScores:
+class PoolTurnScores:
     """Per-turn scores of a pool, flattened; row ``r`` owns ``[starts[r], starts[r] + lengths[r])``."""
 
     complexity: np.ndarray
@@ -150,32 +187,32 @@ class TurnScores:
         return out
 
 
-def _sum_product(turns: TurnScores) -> np.ndarray:
+def _sum_product(turns: PoolTurnScores) -> np.ndarray:
     """Σ_t complexity_t × quality_t: the reference; favours long conversations."""
     return turns.per_row(turns.complexity * turns.quality, np.sum)
 
 
-def _mean_product(turns: TurnScores) -> np.ndarray:
+def _mean_product(turns: PoolTurnScores) -> np.ndarray:
     """Mean over turns of complexity × quality: no bias towards conversation length."""
     return turns.per_row(turns.complexity * turns.quality, np.mean)
 
 
-def _complexity(turns: TurnScores) -> np.ndarray:
+def _complexity(turns: PoolTurnScores) -> np.ndarray:
     """Summed complexity alone (the paper's complexity-only ablation)."""
     return turns.per_row(turns.complexity, np.sum)
 
 
-def _quality(turns: TurnScores) -> np.ndarray:
+def _quality(turns: PoolTurnScores) -> np.ndarray:
     """Summed quality alone (the paper's quality-only ablation)."""
     return turns.per_row(turns.quality, np.sum)
 
 
-def _first_turn_product(turns: TurnScores) -> np.ndarray:
+def _first_turn_product(turns: PoolTurnScores) -> np.ndarray:
     """complexity × quality of the first turn only, as single-turn Deita ports score."""
     return turns.complexity[turns.starts] * turns.quality[turns.starts]
 
 
-SCORE_COMBINATIONS: dict[str, Callable[[TurnScores], np.ndarray]] = {
+SCORE_COMBINATIONS: dict[str, Callable[[PoolTurnScores], np.ndarray]] = {
     "sum_product": _sum_product,
     "mean_product": _mean_product,
     "complexity": _complexity,
@@ -233,7 +270,7 @@ def combine_scores(
         )
     starts = np.zeros(len(c_lengths), np.int64)
     np.cumsum(c_lengths[:-1], out=starts[1:])
-    return SCORE_COMBINATIONS[method](TurnScores(complexity, quality, starts, c_lengths))
+    return SCORE_COMBINATIONS[method](PoolTurnScores(complexity, quality, starts, c_lengths))
 
 
 # ---------------------------------------------------------------------------------------------

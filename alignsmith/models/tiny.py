@@ -1,0 +1,285 @@
+"""Tiny, deterministic, offline models that stand in for Hub checkpoints.
+
+Tests, demos and benchmarks need folders that behave exactly like a downloaded model id
+(`from_pretrained`, trl, peft, lighteval) on machines that cannot reach the Hub. Everything here
+is built from a seed: the same arguments always give byte-identical files, so a test can pin a
+model by construction instead of by download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    BertConfig,
+    BertModel,
+    GenerationConfig,
+    LlamaConfig,
+    MistralConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+PAD, BOS, EOS, UNK = "<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|tool|>")
+END_OF_TURN = "<|end|>"
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, *ROLE_TOKENS, END_OF_TURN)
+
+# Assistant content (and the EOS that ends it) sits inside {% generation %} so trl's
+# `assistant_only_loss=True` can mask everything else, and a model trained on it learns to stop.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|assistant|>' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    "{% else %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+# A small, varied corpus: enough merges to make realistic-looking token lengths, prompts of the
+# Deita scorers and the Vicuna template included so they tokenize compactly.
+_CORPUS = (
+    "The quick brown fox jumps over the lazy dog.",
+    "What is the capital of France? The capital of France is Paris.",
+    "Write a short poem about the sea and the wind at night.",
+    "Explain how photosynthesis works in simple terms for a child.",
+    "Give me three tips for staying healthy during the winter months.",
+    "Translate the following sentence into German: I like reading books.",
+    "Summarize the plot of a story where a robot learns to paint.",
+    "How do I sort a list of numbers in Python? Use sorted(numbers) or numbers.sort().",
+    "def add(a, b):\n    return a + b\n",
+    "for i in range(10):\n    print(i * i)\n",
+    "SELECT name, age FROM users WHERE age > 30 ORDER BY name;",
+    "The meeting is scheduled for 3 pm on Tuesday, 12 March 2024.",
+    "Please list the steps to bake a loaf of bread at home.",
+    "I'm sorry, but I can't help with that request.",
+    "Sure! Here is a detailed, step-by-step answer to your question.",
+    "You are a helpful assistant. Please identify the complexity score of the following user query.",
+    "You are a helpful assistant. Please identify the quality score of the Response corresponding to the Question.",
+    "##Query: ##Complexity: #Question#: #Response#: ##Quality:",
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions. USER: ASSISTANT:",
+    "Numbers: 0 1 2 3 4 5 6 7 8 9, 10, 42, 100, 2048, 3.14159.",
+    "Why is the sky blue? Sunlight is scattered by the molecules in the air, and blue light scatters most.",
+    "Describe the image in detail, including the colors, objects and people you can see.",
+    "Is it safe to eat raw cookie dough? It can contain raw eggs and uncooked flour.",
+    "Compare the advantages and disadvantages of renewable energy sources.",
+    "Café, naïve, über, señor, Zürich: accents and unicode text should round-trip.",
+    "{braces} [brackets] (parentheses) <angles> \"quotes\" 'apostrophes' and back\\slashes.",
+)
+_CORPUS_REPEATS = 20
+
+
+def build_tokenizer(
+    seed: int = 0,
+    vocab_size: int = 512,
+    model_max_length: int = 512,
+    chat_template: str | None = CHAT_TEMPLATE,
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on the built-in corpus.
+
+    Digits are split individually before byte-level encoding (as LLaMA and Mistral do), so "1".."6"
+    are single tokens and never merge with a preceding space: a prompt ending in a space is followed
+    by the bare digit, which is what the Deita scorers read. The seed shuffles the corpus, which
+    changes merge order; the same seed always gives the same tokenizer. Without a chat template
+    (``chat_template=None``) text is encoded as is by libraries that prefer chat formatting.
+    """
+    corpus = list(_CORPUS) * _CORPUS_REPEATS
+    random.Random(seed).shuffle(corpus)
+    backend = Tokenizer(models.BPE(unk_token=UNK))
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        pad_token=PAD,
+        add_bos_token=True,
+        chat_template=chat_template,
+        model_max_length=model_max_length,
+    )
+
+
+# LLaMA-style decoders share every config field name, so one set of arguments builds any of them.
+ARCHITECTURES: dict[str, type[PretrainedConfig]] = {
+    "llama": LlamaConfig,
+    "qwen2": Qwen2Config,
+    "mistral": MistralConfig,
+}
+
+
+def _seeded_init(seed: int, build: Callable[[], PreTrainedModel]) -> PreTrainedModel:
+    """Initialise weights from `seed` without disturbing the caller's global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def build_causal_lm(
+    out_dir: str | Path,
+    *,
+    architecture: str = "llama",
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 512,
+    vocab_size: int = 512,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> Path:
+    """Save a randomly initialised causal LM, its tokenizer and generation config to `out_dir`.
+
+    The folder loads wherever a Hub model id does; the defaults make a ~107k-parameter model.
+    `intermediate_size` defaults to twice the hidden size. Without `tokenizer`, one is trained with
+    `build_tokenizer(seed, vocab_size)`.
+    """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown tiny architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}")
+    tok = tokenizer or build_tokenizer(
+        seed=seed, vocab_size=vocab_size, model_max_length=max_position_embeddings
+    )
+    config = ARCHITECTURES[architecture](
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = _seeded_init(seed, lambda: AutoModelForCausalLM.from_config(config))
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        do_sample=False,
+        max_new_tokens=32,
+    )
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def build_sentence_transformer(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    max_position_embeddings: int = 512,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> Path:
+    """Save a tiny BERT-like encoder with mean pooling as a sentence-transformers model folder.
+
+    `SentenceTransformer(out_dir)` loads it like any Hub embedding model. The default tokenizer has
+    no chat template: sentence-transformers would otherwise wrap every text in it.
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    tok = tokenizer or build_tokenizer(seed=seed, model_max_length=max_position_embeddings, chat_template=None)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=tok.pad_token_id,
+    )
+    encoder = _seeded_init(seed, lambda: BertModel(config))
+    out = Path(out_dir)
+    encoder.save_pretrained(out)
+    tok.save_pretrained(out)
+    model = SentenceTransformer(modules=[Transformer(str(out)), Pooling(hidden_size, "mean")], device="cpu")
+    model.save(str(out))
+    return out
+
+
+def cli(argv: Sequence[str]) -> int:
+    """``alignsmith models tiny``: build a seeded tiny model and optionally publish it to the Hub."""
+    parser = argparse.ArgumentParser(prog="alignsmith models tiny", description=cli.__doc__)
+    parser.add_argument("--out", required=True, help="Folder to save the model into.")
+    parser.add_argument("--kind", choices=["causal_lm", "sentence_transformer"], default="causal_lm")
+    parser.add_argument("--architecture", default="llama", help="Decoder architecture (causal_lm only).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--publish", metavar="REPO_ID", help="Also publish the folder as this model repo.")
+    parser.add_argument("--tag", default=None, help="Version tag of the published model.")
+    parser.add_argument("--hub", default="local", help="'local', 'huggingface' or a Hub URL.")
+    parser.add_argument("--hub-root", default=None, help="Storage folder of the embedded Hub.")
+    args = parser.parse_args(argv)
+
+    if args.kind == "causal_lm":
+        out = build_causal_lm(args.out, architecture=args.architecture, seed=args.seed,
+                                   hidden_size=args.hidden_size, num_layers=args.num_layers)
+    else:
+        out = build_sentence_transformer(args.out, seed=args.seed, hidden_size=args.hidden_size,
+                                              num_layers=args.num_layers)
+    log.info("tiny %s saved to %s", args.kind, out)
+    if args.publish:
+        _publish(Path(out), args)
+    return 0
+
+
+def _publish(folder: Path, args: argparse.Namespace) -> None:
+    from alignsmith.cards import CardContent, model_card
+    from alignsmith.endpoint import connect
+    from alignsmith.lineage import Lineage
+    from alignsmith.publish import publish_folder
+    from alignsmith.recipes import HubRecipe, OutputRepo
+
+    connect(HubRecipe(hub=args.hub, hub_root=args.hub_root))
+    output = OutputRepo(repo_id=args.publish, tag=args.tag)
+    recipe = {k: v for k, v in vars(args).items() if k not in ("hub", "hub_root")}
+    lineage = Lineage(command="models tiny", recipe=recipe)
+    content = CardContent(
+        title=f"Tiny {args.kind} ({args.architecture}, seed {args.seed})",
+        summary="A randomly initialised tiny model built by `alignsmith models tiny`. It exists to exercise "
+        "pipelines offline; its outputs (scores, generations) are meaningless.",
+        license="apache-2.0",
+        tags=["tiny", "random-weights"],
+    )
+    library = "sentence-transformers" if args.kind == "sentence_transformer" else "transformers"
+    pipeline = "sentence-similarity" if args.kind == "sentence_transformer" else "text-generation"
+    card = model_card(args.publish, content, lineage, base_model=None, library_name=library,
+                      pipeline_tag=pipeline, revision_hint=args.tag or "main")
+    release = publish_folder(output, folder, card, lineage)
+    print(f"published {release.repo_id}@{release.commit_sha} (revision {release.revision})")

@@ -1,0 +1,35 @@
+"""``alignsmith build ...``: the dataset builders, each publishing a versioned Hub dataset."""
+
+from alignsmith.cli import Command, CommandGroup
+
+GROUP = CommandGroup("build", "dataset builders: convert, Deita selection, preference sets", "builders/", {
+    "convert": Command(
+        "Convert a dataset (ShareGPT, Alpaca, messages, prompt/completion, preference) to alignsmith "
+        "records, validate it, and publish it.",
+        "builders.convert:run",
+        recipe="builders.convert:ConvertRecipe",
+        example="recipes/build/convert/hh_rlhf_pool.yaml",
+        deprecated=("data convert",),
+    ),
+    "deita": Command(
+        "Deita: score, embed and select a pool (resumable, sharded), then publish the dataset.",
+        "builders.deita.build:run",
+        recipe="builders.deita.recipe:DeitaRecipe",
+        example="recipes/build/deita/demo.yaml",
+        deprecated=("deita build",),
+    ),
+    "deita-merge": Command(
+        "After a multi-machine Deita build: check every shard is present, then select and publish.",
+        "builders.deita.build:merge",
+        recipe="builders.deita.recipe:DeitaRecipe",
+        example="recipes/build/deita/released_scorers.yaml",
+        deprecated=("deita merge",),
+    ),
+    "preferences": Command(
+        "Mix, validate and publish a DPO preference dataset from published sets.",
+        "builders.preferences:run",
+        recipe="builders.preferences:PreferencesRecipe",
+        example="recipes/build/preferences/tiny.yaml",
+        deprecated=("train preferences",),
+    ),
+})

@@ -14,10 +14,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
-from alignsmith.lineage import LINEAGE_KEY, Lineage
+from alignsmith.lineage import LINEAGE_KEY, ArtifactRef, Lineage
 
 if TYPE_CHECKING:
     from huggingface_hub import EvalResult, RepoCard
+
+RANDOM_WEIGHTS_TAG = "random-weights"  # card tag of a model with random weights, and of data made with one
+RANDOM_WEIGHTS_MARKER = "alignsmith_random_weights"  # config.json key of the models `alignsmith models tiny` builds
 
 
 @dataclass
@@ -45,6 +48,8 @@ class CardContent:
     figures: list[Figure] = field(default_factory=list)
     extra_sections: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)  # extra front-matter keys
+    config_descriptions: dict[str, str] = field(default_factory=dict)  # config -> what it holds, if it is published
+    citation: str | None = None  # BibTeX of the method's paper, shown in a "Citation" section
 
 
 def _card_text(card_class: type["RepoCard"], metadata: Mapping[str, Any], body: str) -> str:
@@ -80,6 +85,42 @@ def dataset_metadata(configs: Mapping[str, Mapping[str, Any]], default_config: s
     return {"configs": config_block, "dataset_info": info_block}
 
 
+_SIZE_BOUNDS = ("1K", "10K", "100K", "1M", "10M", "100M", "1B", "10B", "100B", "1T")
+
+
+def size_category(rows: int) -> str:
+    """The Hub's ``size_categories`` bucket for ``rows``: ``n<1K``, ``1K<n<10K``, ..., ``n>1T``."""
+    lower = None
+    for exponent, bound in enumerate(_SIZE_BOUNDS, start=3):
+        if rows < 10**exponent:
+            return f"{lower}<n<{bound}" if lower else f"n<{bound}"
+        lower = bound
+    return f"n>{lower}"
+
+
+def _configs_section(configs: Mapping[str, Mapping[str, Any]], descriptions: Mapping[str, str]) -> str:
+    """The configs actually published, with their splits' sizes and what the builder says each holds."""
+    lines = ["## Configs", ""]
+    for name, splits in configs.items():
+        sizes = ", ".join(f"{split}: {len(ds)} rows" for split, ds in splits.items())
+        description = f": {descriptions[name]}" if name in descriptions else ""
+        lines.append(f"- `{name}` ({sizes}){description}")
+    return "\n".join(lines)
+
+
+def _random_weights_warning(refs: Sequence[ArtifactRef]) -> str:
+    """A warning no reader can miss: numbers made with random weights look like real ones."""
+    if not refs:
+        return ""
+    listed = "\n".join(f"> - {ref.role}: `{ref.repo_id}`" for ref in refs)
+    return (
+        "> [!WARNING]\n"
+        "> Built with models that have **random weights** (e.g. made by `alignsmith models tiny` to exercise "
+        "pipelines offline), or from data made with them: its scores, embeddings and selections are "
+        "meaningless. Use it to test pipelines, never to train or evaluate a model.\n>\n" + listed
+    )
+
+
 def _statistics_table(stats: Mapping[str, Any]) -> str:
     if not stats:
         return ""
@@ -98,10 +139,14 @@ def _lineage_section(lineage: Lineage) -> str:
     return "\n".join(lines)
 
 
-def _body(content: CardContent, lineage: Lineage, usage: str) -> str:
-    parts = [f"# {content.title}", content.summary, "## Usage", usage, _statistics_table(content.statistics)]
+def _body(content: CardContent, lineage: Lineage, usage: str, *, configs: str = "",
+          random_weights: Sequence[ArtifactRef] = ()) -> str:
+    parts = [f"# {content.title}", _random_weights_warning(random_weights), content.summary, "## Usage", usage,
+             configs, _statistics_table(content.statistics)]
     parts += [f"![{fig.caption}]({fig.path_in_repo})\n\n*{fig.caption}*" for fig in content.figures]
     parts += [f"## {title}\n\n{text}" for title, text in content.extra_sections.items()]
+    if content.citation:
+        parts.append(f"## Citation\n\n```bibtex\n{content.citation.strip()}\n```")
     parts.append(_lineage_section(lineage))
     return "\n\n".join(p for p in parts if p)
 
@@ -114,25 +159,37 @@ def dataset_card(
     *,
     default_config: str | None = None,
     revision_hint: str = "main",
+    language: Sequence[str] | None = None,
+    random_weights: Sequence[ArtifactRef] = (),
 ) -> str:
-    """A ``DatasetCard`` declaring the ``{config}/{split}`` parquet layout and linking the source datasets."""
+    """A ``DatasetCard`` declaring the ``{config}/{split}`` parquet layout and linking the source datasets.
+
+    ``size_categories`` counts the rows ``load_dataset(repo_id)`` gives (the default config, else the
+    first); ``random_weights`` (see :func:`alignsmith.publish.random_weight_refs`) tags and warns. The
+    lineage is written :meth:`~alignsmith.lineage.Lineage.portable`: no path of the builder's machine.
+    """
     from huggingface_hub import DatasetCard
 
+    lineage = lineage.portable()
+    first = default_config or next(iter(configs))
     metadata = {
-        "license": content.license or None,  # None-valued keys are left out of the card
-        "tags": sorted({"alignsmith", *content.tags}),
+        "pretty_name": content.title,
+        "language": list(language or []) or None,  # None-valued keys are left out of the card
+        "license": content.license or None,
+        "tags": sorted({"alignsmith", *content.tags, *([RANDOM_WEIGHTS_TAG] if random_weights else [])}),
+        "size_categories": [size_category(sum(len(ds) for ds in configs[first].values()))],
         "source_datasets": lineage.source_datasets() or None,
         **content.metadata,
         **dataset_metadata(configs, default_config),
         LINEAGE_KEY: lineage.to_metadata(),
     }
-    first = default_config or next(iter(configs))
     usage = (
         "```python\nfrom datasets import load_dataset\n\n"
-        f'ds = load_dataset("{repo_id}", "{first}", revision="{revision_hint}")\n```\n\n'
-        "Configs: " + ", ".join(f"`{c}` ({', '.join(s)})" for c, s in configs.items()) + "."
+        f'ds = load_dataset("{repo_id}", "{first}", revision="{revision_hint}")\n```'
     )
-    return _card_text(DatasetCard, metadata, _body(content, lineage, usage))
+    body = _body(content, lineage, usage, configs=_configs_section(configs, content.config_descriptions),
+                 random_weights=[ref.portable() for ref in random_weights])
+    return _card_text(DatasetCard, metadata, body)
 
 
 def model_card(

@@ -87,8 +87,9 @@ def _print_recipe_help(group: str, name: str, cmd: Command) -> None:
 
 
 def _group_lines(group: CommandGroup) -> list[str]:
+    width = max(len(name) for g in command_groups().values() for name in g.commands)  # one column for all groups
     lines = [f"{group.name}: {group.help} ({group.package})"]
-    lines += [f"  {name:<12} {cmd.help}" for name, cmd in group.commands.items()]
+    lines += [f"  {name:<{width}}  {cmd.help}" for name, cmd in group.commands.items()]
     return lines
 
 

@@ -10,10 +10,10 @@ Arrow gives every row every column), trying the formats in this order, or forced
     top-level ``system`` string, images in ``image`` (one) or ``images`` (a list).
 ``messages``
     OpenAI-style ``messages: [{"role", "content"}]``; content is a string or a list of typed parts
-    (``text``, ``image_url`` with ``{"url"}``, ``image`` with ``image``/``url``/``path`` or none).
-    Parts are joined with ``"\n"``, each image part becoming an ``<image>`` placeholder. An image part
-    with its own source (a file path, a ``data:`` URI, bytes) brings its image along; a bare
-    ``{"type": "image"}`` refers to the row's ``images`` column in order. A row may not mix the two.
+    (``text`` with its text in ``text``, or in ``value`` as LLaMA-Factory writes it; ``image_url`` with
+    ``{"url"}``; ``image`` with ``image``/``url``/``path`` or none). Parts are joined with ``"\n"``,
+    each image part becoming an ``<image>`` placeholder. An image part with its own source (a file
+    path, a ``data:`` URI, bytes) brings its image along; a bare ``{"type": "image"}`` refers to the row's ``images`` column in order. A row may not mix the two.
 ``alpaca``
     ``instruction``, optional ``input``, ``output``; optional ``system`` and LLaMA-Factory's
     ``history`` (``[[user, assistant], ...]`` before the instruction). A non-empty ``input`` is
@@ -33,11 +33,21 @@ Arrow gives every row every column), trying the formats in this order, or forced
 ``prompt_completion``
     ``prompt``/``completion``: strings (a user turn, an assistant turn) or message lists.
 
-Preference formats also convert to conversations (prompt + chosen) for SFT. A record's id is the
-row's own id column (``id``, ``question_id``, ``conversation_id``, ``prompt_id``), else
-``f"{source}-{row_index}"``; its source is the row's ``source`` column when present (so
-re-converting alignsmith's own output keeps provenance), else the caller's ``source``. Columns a
-format does not read are counted in :attr:`ConversionResult.unused_columns`, never dropped silently.
+A message (ShareGPT turn or ``messages`` item) may carry LLaMA-Factory's ``loss_weight``; it is kept
+in the canonical message. Preference formats also convert to conversations (prompt + chosen) for
+SFT. Every format also reads:
+
+* the id: the row's own id column (``id``, ``question_id``, ``conversation_id``, ``prompt_id``), else
+  ``f"{source}-{row_index}"``;
+* ``source``, when present (so re-converting alignsmith's own output keeps provenance), else the
+  caller's ``source``;
+* ``tools``: tool schemas (a JSON string or a list of objects, as in Glaive and LLaMA-Factory data),
+  kept as the record's ``tools`` for the chat template;
+* ``metadata``: a JSON object string (alignsmith's own output), the base of the record's metadata.
+
+Any other column with a value is an extra column, handled by ``extra_columns``: ``carry`` adds it to
+the record's ``metadata`` JSON, ``drop`` leaves it out, ``error`` stops the run naming it. Either way
+:class:`ConversionResult` counts it, so nothing is dropped without the card saying so.
 """
 
 from __future__ import annotations
@@ -68,10 +78,15 @@ from alignsmith.records import (
 
 RecordKind = Literal["conversation", "preference"]
 OnInvalid = Literal["error", "reject"]
+ExtraColumns = Literal["carry", "drop", "error"]
+EXTRA_COLUMNS: tuple[ExtraColumns, ...] = ("carry", "drop", "error")
 Row = Mapping[str, Any]
 
 ID_COLUMNS = ("id", "question_id", "conversation_id", "prompt_id")
 SOURCE_COLUMN = "source"
+TOOLS_COLUMN = "tools"
+METADATA_COLUMN = "metadata"
+COMMON_COLUMNS = (*ID_COLUMNS, SOURCE_COLUMN, TOOLS_COLUMN, METADATA_COLUMN)
 SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
@@ -86,6 +101,19 @@ IMAGE_COLUMNS = ("image", "images")
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
+class UndecodableRow(dict):
+    """A row whose stored text is not valid UTF-8, shown with replacement characters.
+
+    Readers yield it in place of the row, so the converter rejects that row alone (naming the field)
+    instead of the whole read crashing.
+    """
+
+    def __init__(self, row: Mapping[str, Any], field: str, reason: str) -> None:
+        super().__init__(row)
+        self.field = field
+        self.reason = reason
+
+
 class _Messages:
     """Messages being assembled, each remembering the input fields it came from."""
 
@@ -93,8 +121,12 @@ class _Messages:
         self.items: list[dict[str, Any]] = []
         self.origins: list[tuple[str, str]] = []
 
-    def add(self, role: Any, content: Any, *, role_from: str, content_from: str) -> None:
-        self.items.append({"role": role, "content": content})
+    def add(self, role: Any, content: Any, *, role_from: str, content_from: str, item: Row | None = None) -> None:
+        """``item``: the input message, whose ``loss_weight`` (when set) the message keeps."""
+        message = {"role": role, "content": content}
+        if item is not None and item.get("loss_weight") is not None:
+            message["loss_weight"] = item["loss_weight"]
+        self.items.append(message)
         self.origins.append((role_from, content_from))
 
     def take(self, ref: RecordRef, field: str, part: slice = slice(None)) -> list[dict[str, Any]]:
@@ -102,6 +134,7 @@ class _Messages:
         for i, (role_from, content_from) in enumerate(self.origins[part]):
             ref.fields[f"{field}[{i}].role"] = role_from
             ref.fields[f"{field}[{i}].content"] = content_from
+            ref.fields[f"{field}[{i}].loss_weight"] = f"{role_from.rpartition('.')[0] or role_from}.loss_weight"
         return self.items[part]
 
 
@@ -189,10 +222,7 @@ def _join_parts(parts: list[Any], path: str, ref: RecordRef, images: _Images) ->
             raise ref.error(part_path, f"expected a content part object, got {type_name(part)}", "wrong_type")
         kind = part.get("type")
         if kind == "text":
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise ref.error(f"{part_path}.text", f"expected a string, got {type_name(text)}", "wrong_type")
-            pieces.append(text)
+            pieces.append(_part_text(part, part_path, ref))
         elif kind in ("image", "image_url"):
             images.add_part(part, part_path)
             pieces.append(IMAGE_PLACEHOLDER)
@@ -205,6 +235,18 @@ def _join_parts(parts: list[Any], path: str, ref: RecordRef, images: _Images) ->
     return "\n".join(pieces)
 
 
+def _part_text(part: Mapping[str, Any], path: str, ref: RecordRef) -> str:
+    """A text part's text: in ``text`` (OpenAI) or ``value`` (LLaMA-Factory), never both."""
+    given = [key for key in ("text", "value") if part.get(key) is not None]
+    if len(given) != 1:
+        found = "both 'text' and 'value'" if given else "neither"
+        raise ref.error(path, f"a text part holds its text in 'text' or 'value'; found {found}", "malformed")
+    text = part[given[0]]
+    if not isinstance(text, str):
+        raise ref.error(f"{path}.{given[0]}", f"expected a string, got {type_name(text)}", "wrong_type")
+    return text
+
+
 def _add_message_list(value: Any, path: str, out: _Messages, ref: RecordRef, images: _Images) -> None:
     if not isinstance(value, list):
         raise ref.error(path, f"expected a list of messages, got {type_name(value)}", "wrong_type")
@@ -212,11 +254,17 @@ def _add_message_list(value: Any, path: str, out: _Messages, ref: RecordRef, ima
         raise ref.error(path, "no messages", "empty")
     for j, item in enumerate(value):
         item_path = f"{path}[{j}]"
-        message = _object(item, ref, item_path, ("role", "content"))
+        message = _object(item, ref, item_path, ("role", "content", "loss_weight"))
         content = message.get("content")
         if isinstance(content, list):
             content = _join_parts(content, f"{item_path}.content", ref, images)
-        out.add(message.get("role"), content, role_from=f"{item_path}.role", content_from=f"{item_path}.content")
+        out.add(
+            message.get("role"),
+            content,
+            role_from=f"{item_path}.role",
+            content_from=f"{item_path}.content",
+            item=message,
+        )
 
 
 def _add_turns(row: Row, column: str, role: str, out: _Messages, ref: RecordRef, images: _Images) -> None:
@@ -254,7 +302,7 @@ def _parse_sharegpt(row: Row, ref: RecordRef) -> dict[str, Any]:
     _system(row, out)
     for j, turn in enumerate(turns):
         path = f"conversations[{j}]"
-        item = _object(turn, ref, path, ("from", "value"))
+        item = _object(turn, ref, path, ("from", "value", "loss_weight"))
         speaker = item.get("from")
         if speaker is None:
             raise ref.error(f"{path}.from", "missing", "missing_field")
@@ -265,7 +313,7 @@ def _parse_sharegpt(row: Row, ref: RecordRef) -> dict[str, Any]:
                 f"unknown speaker {speaker!r} (expected one of {', '.join(SHAREGPT_ROLES)})",
                 "unknown_role",
             )
-        out.add(role, item.get("value"), role_from=f"{path}.from", content_from=f"{path}.value")
+        out.add(role, item.get("value"), role_from=f"{path}.from", content_from=f"{path}.value", item=item)
     return {"messages": out.take(ref, "messages"), "images": _column_images(row, ref)}
 
 
@@ -377,8 +425,9 @@ class RowFormat:
     def matches(self, present: set[str]) -> bool:
         return present.issuperset(self.required)
 
-    def unused_columns(self, row: Row) -> list[str]:
-        used = (*self.required, *self.optional, *ID_COLUMNS, SOURCE_COLUMN)
+    def extra_columns(self, row: Row) -> list[str]:
+        """The columns holding a value that no field of this format (or of every format) reads."""
+        used = (*self.required, *self.optional, *COMMON_COLUMNS)
         return [key for key, value in row.items() if value is not None and key not in used]
 
 
@@ -427,6 +476,33 @@ def _row_id(row: Row, ref: RecordRef) -> str:
     return ref.record_id
 
 
+class ExtraColumnsError(RecordError):
+    """Columns no format field reads, under ``extra_columns: error``.
+
+    It stops the run even with ``on_invalid: reject``: the choice is about the dataset, not one row.
+    """
+
+
+def _metadata(row: Row, extras: list[str], ref: RecordRef) -> str | None:
+    """The record's metadata: the row's own ``metadata`` object plus the ``extras`` columns, as JSON."""
+    base = row.get(METADATA_COLUMN)
+    if base is None and not extras:
+        return None
+    if isinstance(base, str):
+        try:
+            base = json.loads(base)
+        except json.JSONDecodeError as err:
+            raise ref.error(METADATA_COLUMN, f"not valid JSON: {err}", "malformed") from None
+    base = {} if base is None else base
+    if not isinstance(base, Mapping):
+        raise ref.error(METADATA_COLUMN, f"expected a JSON object, got {type_name(base)}", "wrong_type")
+    clash = sorted(base.keys() & set(extras))
+    if clash:
+        raise ref.error(METADATA_COLUMN, f"key(s) {clash} are also columns of the row; rename one", "unsupported")
+    merged = base | {key: row[key] for key in extras}
+    return json.dumps(merged, ensure_ascii=False, sort_keys=True, default=_json_default)
+
+
 @dataclass(frozen=True)
 class _RowConverter:
     kind: RecordKind
@@ -434,29 +510,44 @@ class _RowConverter:
     source: str
     require_assistant: bool
     image_root: str | os.PathLike[str] | None
+    extra_columns: ExtraColumns
 
-    def __call__(self, row: Any, row_index: int) -> tuple[dict[str, Any], RowFormat]:
+    def __call__(self, row: Any, row_index: int) -> tuple[dict[str, Any], RowFormat, list[str]]:
+        """The record, the row's format and its extra columns."""
         ref = RecordRef(f"{self.source}-{row_index}", row_index)
         if not isinstance(row, Mapping):
             raise ref.error(None, f"expected a row object, got {type_name(row)}", "wrong_type")
         ref.record_id = _row_id(row, ref)
+        if isinstance(row, UndecodableRow):
+            raise ref.error(row.field, row.reason, "malformed")
         source = self.source if row.get(SOURCE_COLUMN) is None else check_text(row[SOURCE_COLUMN], ref, SOURCE_COLUMN)
         row_format = self.fmt or self._detect(row, ref)
         missing = next((key for key in row_format.required if row.get(key) is None), None)
         if missing is not None:
             raise ref.error(missing, f"missing (required by the {row_format.name!r} format)", "missing_field")
+        extras = row_format.extra_columns(row)
+        if extras and self.extra_columns == "error":
+            raise ExtraColumnsError(
+                f"column(s) {extras} are not read by the {row_format.name!r} format; set extra_columns: carry "
+                "to keep them in each record's metadata, or extra_columns: drop to leave them out",
+                code="unsupported",
+                record_id=ref.record_id,
+                row_index=row_index,
+            )
         draft = {"id": ref.record_id, "source": source, **row_format.parse(row, ref)}
+        draft["tools"] = row.get(TOOLS_COLUMN)
+        draft["metadata"] = _metadata(row, extras if self.extra_columns == "carry" else [], ref)
         if row_format.kind == "conversation":
             return validate_conversation(
                 draft, require_assistant=self.require_assistant, ref=ref, image_root=self.image_root
-            ), row_format
+            ), row_format, extras
         preference = validate_preference(draft, ref=ref, image_root=self.image_root)
         if self.kind == "preference":
-            return preference, row_format
+            return preference, row_format, extras
         # image paths are resolved already, so image_root must not apply twice
         return validate_conversation(
             preference_to_conversation(preference), require_assistant=self.require_assistant, ref=ref
-        ), row_format
+        ), row_format, extras
 
     def _detect(self, row: Row, ref: RecordRef) -> RowFormat:
         present = {key for key, value in row.items() if value is not None}
@@ -475,10 +566,33 @@ class ConversionResult:
     """Converted records plus every rejected row, kept whole so it can be published as a split."""
 
     kind: RecordKind
+    extra_columns: ExtraColumns = "carry"  # what happened to the columns no format field reads
     records: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     formats: Counter[str] = field(default_factory=Counter)  # converted rows per detected format
-    unused_columns: Counter[str] = field(default_factory=Counter)  # converted rows with a value there
+    unused_columns: Counter[str] = field(default_factory=Counter)  # converted rows with a value in an extra column
+
+    @property
+    def carried_columns(self) -> Counter[str]:
+        """Extra columns kept in the records' ``metadata`` (converted rows with a value there)."""
+        return self.unused_columns if self.extra_columns == "carry" else Counter()
+
+    @property
+    def dropped_columns(self) -> Counter[str]:
+        """Extra columns left out of the records, as ``extra_columns: drop`` asked."""
+        return self.unused_columns if self.extra_columns == "drop" else Counter()
+
+    def extra_column_notes(self) -> dict[str, str]:
+        """What happened to the extra columns, for logs and cards: ``{"columns carried in metadata": "a, b"}``."""
+        policy = {"carry": "carried in metadata", "drop": "dropped"}.get(self.extra_columns)
+        return {f"columns {policy}": ", ".join(sorted(self.unused_columns))} if policy and self.unused_columns else {}
+
+    def first_rejections(self, count: int = 3) -> list[str]:
+        """The first rejected rows in full (record, row, field, reason): counts by code alone do not say what to fix."""
+        return [
+            str(RecordError(r["reason"], code=r["code"], record_id=r["id"], row_index=r["row_index"], field=r["field"]))
+            for r in self.rejected[:count]
+        ]
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -487,21 +601,28 @@ class ConversionResult:
             "rejected": len(self.rejected),
             "rejected_by_reason": dict(Counter(r["code"] for r in self.rejected).most_common()),
             "formats": dict(self.formats.most_common()),
-            "unused_columns": dict(self.unused_columns.most_common()),
+            "carried_columns": dict(self.carried_columns.most_common()),
+            "dropped_columns": dict(self.dropped_columns.most_common()),
         }
 
 
 def _converter(
-    kind: RecordKind, fmt: str, source: str, require_assistant: bool, image_root: str | os.PathLike[str] | None
+    kind: RecordKind,
+    fmt: str,
+    source: str,
+    require_assistant: bool,
+    image_root: str | os.PathLike[str] | None,
+    extra_columns: ExtraColumns,
 ) -> _RowConverter:
     check_choice("kind", kind, ("conversation", "preference"))
     check_choice("fmt", fmt, ("auto", *FORMATS))
+    check_choice("extra_columns", extra_columns, EXTRA_COLUMNS)
     row_format = None if fmt == "auto" else FORMATS[fmt]
     if row_format is not None and kind == "preference" and row_format.kind != "preference":
         raise ValueError(f"format {fmt!r} holds conversations, not preference pairs")
     if not isinstance(source, str) or not source.strip():
         raise ValueError(f"source must be a non-empty dataset name, got {source!r}")
-    return _RowConverter(kind, row_format, source, require_assistant, image_root)
+    return _RowConverter(kind, row_format, source, require_assistant, image_root, extra_columns)
 
 
 def convert_row(
@@ -513,9 +634,10 @@ def convert_row(
     row_index: int = 0,
     require_assistant: bool = True,
     image_root: str | os.PathLike[str] | None = None,
+    extra_columns: ExtraColumns = "carry",
 ) -> dict[str, Any]:
     """One row as a canonical record; raises :class:`RecordError` when it cannot be one."""
-    return _converter(kind, fmt, source, require_assistant, image_root)(row, row_index)[0]
+    return _converter(kind, fmt, source, require_assistant, image_root, extra_columns)(row, row_index)[0]
 
 
 def convert_rows(
@@ -527,31 +649,33 @@ def convert_rows(
     on_invalid: OnInvalid = "error",
     require_assistant: bool = True,
     image_root: str | os.PathLike[str] | None = None,
+    extra_columns: ExtraColumns = "carry",
 ) -> ConversionResult:
     """Convert and validate rows; ids must be unique across the run.
 
     ``on_invalid="error"`` raises the first :class:`RecordError`; ``"reject"`` keeps each bad row in
     :attr:`ConversionResult.rejected` (row index, id, field, reason, code, and the row as JSON).
-    ``image_root`` resolves relative image paths (usually the dataset's folder). For a
-    ``datasets.Dataset``, pass ``alignsmith.sources.iter_rows(dataset)``: it reads Arrow in batches
-    and leaves images encoded.
+    ``extra_columns`` says what happens to columns no format field reads (see the module docstring);
+    ``"error"`` raises :class:`ExtraColumnsError` in either ``on_invalid`` mode. ``image_root``
+    resolves relative image paths (usually the dataset's folder). For a ``datasets.Dataset``, pass
+    ``alignsmith.sources.iter_rows(dataset)``: it reads Arrow in batches and leaves images encoded.
     """
     check_choice("on_invalid", on_invalid, ("error", "reject"))
-    convert = _converter(kind, fmt, source, require_assistant, image_root)
+    convert = _converter(kind, fmt, source, require_assistant, image_root, extra_columns)
     ids = UniqueIds()
-    result = ConversionResult(kind)
+    result = ConversionResult(kind, extra_columns)
     for row_index, row in enumerate(rows):
         try:
-            record, row_format = convert(row, row_index)
+            record, row_format, extras = convert(row, row_index)
             ids.claim(record["id"], row_index)
         except RecordError as err:
-            if on_invalid == "error":
+            if on_invalid == "error" or isinstance(err, ExtraColumnsError):
                 raise
             result.rejected.append(rejection(err, row))
             continue
         result.records.append(record)
         result.formats[row_format.name] += 1
-        result.unused_columns.update(row_format.unused_columns(row))
+        result.unused_columns.update(extras)
     return result
 
 

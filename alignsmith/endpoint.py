@@ -42,7 +42,11 @@ def connect(recipe: HubRecipe) -> str:
     if recipe.hub == "local":
         hub = ensure_local_hub(Path(recipe.hub_root) if recipe.hub_root else None)
         configure_client_env(hub.url, hub.token)
-        log.info("using the embedded Hub at %s (storage: %s)", hub.url, hub.root)
+        if hub.started:  # said now, so that a run failing later does not leave a server nobody knows of
+            log.warning("started the embedded Hub for %s at %s (pid %d); it keeps running in the background after "
+                        "this command: `alignsmith hub stop --root %s` stops it", hub.root, hub.url, hub.pid, hub.root)
+        else:
+            log.info("using the embedded Hub at %s (storage: %s)", hub.url, hub.root)
         return hub.url
     if recipe.hub == "huggingface":
         if not os.environ.get("HF_TOKEN"):

@@ -11,7 +11,7 @@ import argparse
 import datetime as _dt
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -41,6 +41,14 @@ class ArtifactRef:
     revision: str | None = None  # what the recipe asked for (tag, branch, sha)
     sha: str | None = None  # the commit it resolved to (content sha256 for local paths)
 
+    def portable(self) -> "ArtifactRef":
+        """This ref as a published card records it: a local path by its file or folder name.
+
+        The in-memory ref keeps the absolute path (models are loaded from it); the name plus the
+        content sha256 is what reproduces the run elsewhere, the builder's directory layout is not.
+        """
+        return replace(self, repo_id=Path(self.repo_id).name) if self.repo_type == "local" else self
+
 
 @dataclass
 class Lineage:
@@ -54,6 +62,11 @@ class Lineage:
     def to_metadata(self) -> dict[str, Any]:
         return asdict(self)
 
+    def portable(self) -> "Lineage":
+        """This lineage without the paths of the machine it ran on: local refs and recipe paths by name."""
+        return replace(self, recipe=portable_paths(self.recipe), inputs=[r.portable() for r in self.inputs],
+                       models=[r.portable() for r in self.models])
+
     @classmethod
     def from_metadata(cls, data: dict[str, Any]) -> "Lineage":
         data = dict(data)
@@ -64,6 +77,21 @@ class Lineage:
     def source_datasets(self) -> list[str]:
         """Hub dataset ids for the card's ``source_datasets`` field (the Hub links ids; the shas are in the lineage)."""
         return list(dict.fromkeys(r.repo_id for r in self.inputs if r.repo_type == "dataset"))
+
+
+def portable_paths(value: Any) -> Any:
+    """``value`` with each absolute (or ``~``) local path, through dicts and lists, reduced to its last part.
+
+    Recipes hold whatever paths the user typed (``pool.path: /home/me/data/pool.jsonl``); relative ones
+    are kept as typed, absolute ones only say where one machine kept its files.
+    """
+    if isinstance(value, dict):
+        return {key: portable_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [portable_paths(item) for item in value]
+    if isinstance(value, str) and "\n" not in value and Path(value).expanduser().is_absolute():
+        return Path(value).name
+    return value
 
 
 def pin(role: str, repo_id_or_path: str, repo_type: RepoType = "model", revision: str | None = None) -> ArtifactRef:

@@ -7,6 +7,7 @@ human-readable name for it and is refused, before anything is uploaded, if it al
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from contextlib import contextmanager
@@ -14,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Mapping
 
-from alignsmith.cards import CardContent, Figure, dataset_card
+from alignsmith.cards import RANDOM_WEIGHTS_MARKER, RANDOM_WEIGHTS_TAG, CardContent, Figure, dataset_card
 from alignsmith.errors import AlignsmithError
-from alignsmith.lineage import Lineage
+from alignsmith.lineage import ArtifactRef, Lineage
 from alignsmith.recipes import RESOLVED_RECIPE_FILENAME, OutputRepo
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,46 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
+def random_weight_refs(lineage: Lineage) -> list[ArtifactRef]:
+    """The models and inputs of ``lineage`` that have random weights, or were made with such a model.
+
+    A model from ``alignsmith models tiny`` carries a marker in its ``config.json`` (wherever the folder
+    is uploaded, and into models trained from it); a Hub repo may also say so with its card's
+    ``random-weights`` tag, which every dataset card built with such a model carries on in turn.
+    """
+    refs = [*lineage.inputs, *lineage.models]
+    found: dict[tuple[str, str, str | None], bool] = {}  # the same pinned scorer often fills several roles
+    for ref in refs:
+        if (key := (ref.repo_id, ref.repo_type, ref.sha)) not in found:
+            found[key] = _has_random_weights(ref)
+    return [ref for ref in refs if found[(ref.repo_id, ref.repo_type, ref.sha)]]
+
+
+def _has_random_weights(ref: ArtifactRef) -> bool:
+    if ref.repo_type == "local":
+        config = Path(ref.repo_id) / "config.json"
+        return config.is_file() and _marked(config)
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+    try:
+        info = _api().repo_info(ref.repo_id, repo_type=ref.repo_type, revision=ref.sha)
+        if RANDOM_WEIGHTS_TAG in (info.tags or []):
+            return True
+        return ref.repo_type == "model" and _marked(Path(hf_hub_download(ref.repo_id, "config.json",
+                                                                          revision=ref.sha)))
+    except EntryNotFoundError:  # no config.json: not a transformers model
+        return False
+    except HfHubHTTPError as err:
+        log.warning("%s: cannot read %s %s@%s to check for random weights (%s)", ref.role, ref.repo_type,
+                    ref.repo_id, ref.sha, str(err).splitlines()[0] if str(err) else type(err).__name__)
+        return False
+
+
+def _marked(config: Path) -> bool:
+    return json.loads(config.read_text(encoding="utf-8")).get(RANDOM_WEIGHTS_MARKER) is True
+
+
 def publish_dataset(
     output: OutputRepo,
     configs: Mapping[str, Mapping[str, Any]],
@@ -136,7 +177,8 @@ def publish_dataset(
     Parquet shards embed image bytes (like ``push_to_hub``) so ``Image`` columns survive; each config
     lives under ``{config}/`` and is declared in the card's ``configs:`` block. Splits without rows
     are left out (``datasets`` cannot load an empty split), and so are configs left with none; the
-    card's statistics are where such zero counts belong.
+    card's statistics are where such zero counts belong. Card and recipe file name local paths by
+    their last part only (see :meth:`Lineage.portable`).
     """
     from datasets.table import embed_table_storage
     from huggingface_hub import CommitOperationAdd
@@ -156,9 +198,10 @@ def publish_dataset(
                 embedded.with_format(None).to_parquet(str(path))
                 ops.append(CommitOperationAdd(f"{config}/{path.name}", str(path)))
         card = dataset_card(output.repo_id, configs, content, lineage, default_config=default_config,
-                            revision_hint=output.tag or output.branch)
+                            revision_hint=output.tag or output.branch, language=output.language,
+                            random_weights=random_weight_refs(lineage))
         ops.append(CommitOperationAdd("README.md", card.encode()))
-        ops += _common_files(lineage, content.figures)
+        ops += _common_files(lineage.portable(), content.figures)
         return commit_release(output, "dataset", ops, f"alignsmith {lineage.command}: {content.title}")
 
 

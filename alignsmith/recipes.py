@@ -327,6 +327,10 @@ class OutputRepo:
     license: str | None = help_text(
         "License in the card (e.g. apache-2.0); a dataset's should respect its sources' licenses.", default=None
     )
+    language: list[str] | None = help_text(
+        "Languages of a published dataset's text as ISO 639 codes (e.g. [en]), for its card; "
+        "left out of the card when not given.", default=None
+    )
 
     def __post_init__(self) -> None:
         if self.repo_id.count("/") != 1 or not all(self.repo_id.split("/")):

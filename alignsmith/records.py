@@ -16,20 +16,29 @@ Turn order, checked by :func:`validate_conversation` and for a preference prompt
 A preference prompt ends with a ``user`` turn, and ``chosen`` and ``rejected`` are one ``assistant``
 turn each, so the prompt followed by either answer is itself a valid conversation.
 
-Every message content is a non-empty string (whitespace only counts as empty). An image is referred
-to in content by the placeholder ``<image>``, one per image, in the order of ``images``. Images are
-normalised to ``datasets.Image``'s storage (``{"bytes", "path"}``) and decoded once, so a broken
-image is a rejection here rather than a crash in a training job.
+Every message content is a non-empty string (whitespace only counts as empty). A message may carry a
+``loss_weight`` (a finite number >= 0; 0 on an assistant turn marks it as not trained on, as in
+LLaMA-Factory). An image is referred to in content by the placeholder ``<image>``, one per image, in
+the order of ``images``. Images are normalised to ``datasets.Image``'s storage (``{"bytes", "path"}``)
+and decoded once, so a broken image is a rejection here rather than a crash in a training job.
+
+Two optional fields, present only when they hold something (so records without them keep their
+old shape): ``tools``, trl's list of JSON-schema dicts handed to the chat template (a JSON string is
+parsed; a bare ``{"name", ...}`` schema is wrapped as ``{"type": "function", "function": ...}``, the
+form transformers' templates read), and ``metadata``, a JSON object string of input columns no
+format field reads, so nothing is lost while the Arrow schema stays fixed.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 from alignsmith.errors import AlignsmithError
 
@@ -63,6 +72,7 @@ ErrorCode = Literal[
 class Message(TypedDict):
     role: Role
     content: str
+    loss_weight: NotRequired[float]  # LLaMA-Factory's per-turn weight; 0 = not trained on
 
 
 class ImageRef(TypedDict):
@@ -77,6 +87,8 @@ class Conversation(TypedDict):
     source: str
     messages: list[Message]
     images: list[ImageRef]
+    tools: NotRequired[list[dict[str, Any]]]  # JSON schemas for the chat template (trl's ``tools``)
+    metadata: NotRequired[str]  # JSON object of the input columns no field reads
 
 
 class Preference(TypedDict):
@@ -88,6 +100,8 @@ class Preference(TypedDict):
     chosen: list[Message]
     rejected: list[Message]
     images: list[ImageRef]
+    tools: NotRequired[list[dict[str, Any]]]
+    metadata: NotRequired[str]
 
 
 class RecordError(AlignsmithError):
@@ -179,7 +193,7 @@ def check_text(value: object, ref: RecordRef, field: str) -> str:
     return value
 
 
-_MESSAGE_KEYS = frozenset(("role", "content"))
+_MESSAGE_KEYS = frozenset(("role", "content", "loss_weight"))
 
 
 def _check_messages(value: object, ref: RecordRef, field: str) -> list[Message]:
@@ -197,7 +211,9 @@ def _check_messages(value: object, ref: RecordRef, field: str) -> list[Message]:
         extra = sorted(k for k in message.keys() - _MESSAGE_KEYS if message[k] is not None)
         if extra:
             raise ref.error(
-                path, f"unsupported message key(s) {extra}: a message holds only role and content", "unsupported"
+                path,
+                f"unsupported message key(s) {extra}: a message holds only role, content and loss_weight",
+                "unsupported",
             )
         role = message.get("role")
         if role is None:
@@ -206,8 +222,62 @@ def _check_messages(value: object, ref: RecordRef, field: str) -> list[Message]:
             raise ref.error(
                 f"{path}.role", f"unknown role {role!r} (expected one of {', '.join(ROLES)})", "unknown_role"
             )
-        messages.append({"role": role, "content": check_text(message.get("content"), ref, f"{path}.content")})
+        checked: Message = {"role": role, "content": check_text(message.get("content"), ref, f"{path}.content")}
+        if message.get("loss_weight") is not None:
+            checked["loss_weight"] = _check_loss_weight(message["loss_weight"], ref, f"{path}.loss_weight")
+        messages.append(checked)
     return messages
+
+
+def _check_loss_weight(value: object, ref: RecordRef, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ref.error(field, f"expected a number, got {type_name(value)}", "wrong_type")
+    if not (math.isfinite(value) and value >= 0):
+        raise ref.error(field, f"expected a finite number >= 0, got {value}", "malformed")
+    return float(value)
+
+
+def _check_tools(value: object, ref: RecordRef) -> list[dict[str, Any]]:
+    """Tool schemas as a list of dicts; a JSON string (Glaive, LLaMA-Factory) is parsed first."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ref.error("tools", f"not valid JSON: {err}", "malformed") from None
+    if not isinstance(value, list):
+        raise ref.error("tools", f"expected a list of tool schemas, got {type_name(value)}", "wrong_type")
+    tools = []
+    for i, tool in enumerate(value):
+        if not isinstance(tool, Mapping):
+            raise ref.error(f"tools[{i}]", f"expected a tool schema object, got {type_name(tool)}", "wrong_type")
+        function = tool.get("function", tool)
+        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+            raise ref.error(f"tools[{i}]", "a tool schema needs a 'name' (or 'function.name') string", "malformed")
+        tools.append(dict(tool) if "function" in tool else {"type": "function", "function": dict(tool)})
+    return tools
+
+
+def _check_metadata(value: object, ref: RecordRef) -> str:
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ref.error("metadata", f"not valid JSON: {err}", "malformed") from None
+        if isinstance(parsed, dict):
+            return value
+    raise ref.error("metadata", f"expected a JSON object string, got {type_name(value)}", "wrong_type")
+
+
+def _optional_fields(record: Mapping[str, Any], ref: RecordRef) -> dict[str, Any]:
+    """``tools`` and ``metadata`` when they hold something; absent otherwise, like in the input."""
+    fields: dict[str, Any] = {}
+    if record.get("tools") is not None:
+        tools = _check_tools(record["tools"], ref)
+        if tools:
+            fields["tools"] = tools
+    if record.get("metadata") is not None:
+        fields["metadata"] = _check_metadata(record["metadata"], ref)
+    return fields
 
 
 _FOLLOWS: dict[str | None, tuple[str, ...]] = {
@@ -332,7 +402,9 @@ def validate_conversation(
     if require_assistant and prompt_only:
         raise ref.error("messages", "no assistant message (a training record needs at least one reply)", "no_assistant")
     images = _check_images(record.get("images"), ref, [m["content"] for m in messages], image_root)
-    return {"id": record_id, "source": source, "messages": messages, "images": images}
+    return {
+        "id": record_id, "source": source, "messages": messages, "images": images, **_optional_fields(record, ref)
+    }
 
 
 def validate_preference(
@@ -374,6 +446,7 @@ def validate_preference(
         "chosen": answers["chosen"],
         "rejected": answers["rejected"],
         "images": images,
+        **_optional_fields(record, ref),
     }
 
 
@@ -407,6 +480,9 @@ def _features(*message_columns: str) -> datasets.Features:
     columns = {"id": datasets.Value("string"), "source": datasets.Value("string")}
     columns |= {name: datasets.List(message) for name in message_columns}
     columns["images"] = datasets.List(datasets.Image())
+    # optional: null where a record has none; datasets published before they existed load as they are
+    columns["tools"] = datasets.List(datasets.Json())
+    columns["metadata"] = datasets.Value("string")
     return datasets.Features(columns)
 
 
@@ -421,12 +497,21 @@ def preference_features() -> datasets.Features:
 
 
 def dataset_from_rows(rows: Sequence[Mapping[str, Any]], features: "datasets.Features") -> "datasets.Dataset":
-    """A ``datasets.Dataset`` with exactly ``features``, also when there are no rows (``from_list`` fails then)."""
+    """A ``datasets.Dataset`` with ``features``, null where a row lacks an optional column.
+
+    A message column gains a ``loss_weight`` field only when some row's messages carry one, so
+    datasets without weights keep their messages exactly ``{role, content}``. ``from_list`` would
+    take the columns from the first row only (and fails on no rows).
+    """
     import datasets
 
-    if not rows:
-        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
-    return datasets.Dataset.from_list(list(rows), features=features)
+    features = datasets.Features(features)
+    for name, feature in features.items():
+        if not (isinstance(feature, datasets.List) and isinstance(feature.feature, dict) and "role" in feature.feature):
+            continue
+        if any("loss_weight" in message for row in rows for message in row.get(name) or []):
+            features[name] = datasets.List({**feature.feature, "loss_weight": datasets.Value("float64")})
+    return datasets.Dataset.from_dict({name: [row.get(name) for row in rows] for name in features}, features=features)
 
 
 def rejected_features(*extra_columns: str) -> "datasets.Features":
@@ -439,9 +524,13 @@ def rejected_features(*extra_columns: str) -> "datasets.Features":
 
 def preference_to_conversation(record: Preference) -> Conversation:
     """The chosen side of a preference pair as a conversation (prompt + chosen), for SFT."""
-    return {
+    conversation: Conversation = {
         "id": record["id"],
         "source": record["source"],
         "messages": [*record["prompt"], *record["chosen"]],
         "images": record["images"],
     }
+    for name in ("tools", "metadata"):
+        if name in record:
+            conversation[name] = record[name]
+    return conversation

@@ -2,10 +2,13 @@
 
 The model has the shape of the released Deita scorers (LLaMA-7B: hidden 4096, 32 layers, 32 heads,
 MLP 11008, vocabulary 32000) with random weights, so nothing is downloaded and the scores mean
-nothing; throughput depends only on the shape. Reported: samples/s for alignsmith's batched scorer,
-the reference one-prompt ``generate`` loop (on a subset) and the batched embedder, plus each one's
-fraction of the GPU's dense bf16 peak with FLOPs counted as 2 * params * real (unpadded) tokens.
-The batched and reference scores must agree (bf16 tolerance), or the run fails.
+nothing; throughput depends only on the shape. Reported: samples/s, tokens/s and model FLOP/s for
+the reference one-prompt ``generate`` loop and alignsmith's batched scorer on the same rows (the
+speedup compares those), alignsmith's scorer on all rows, and the batched embedder. Model FLOPs are
+counted as benchmarks/flops.py states (decoder matmuls and causal attention over real tokens, the LM
+head only where logits are computed, embeddings 0) and divided by the GPU's dense bf16 peak, looked
+up by exact device name in benchmarks/hardware.py. The batched and reference scores must agree
+(bf16 tolerance), or the run fails.
 
     python benchmarks/bench_scoring_gpu.py                  # 1024 pairs of 20-1024 tokens
     python benchmarks/bench_scoring_gpu.py --quick          # 128 pairs, 8 layers
@@ -18,23 +21,12 @@ import argparse
 import os
 import shlex
 import sys
-import time
 
 import numpy as np
 
-from bench_scoring import reference_scores, synthetic_turns
-
-# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by device-name fragment.
-DENSE_BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
-
-
-def peak_tflops(device_name: str, override: float | None) -> float:
-    if override:
-        return override
-    for fragment, peak in DENSE_BF16_PEAK_TFLOPS.items():
-        if fragment in device_name:
-            return peak
-    raise SystemExit(f"unknown dense bf16 peak for {device_name!r}; pass --peak-tflops")
+from bench_scoring import print_table, reference_scores, synthetic_turns, timed
+from flops import DecoderShape
+from hardware import gpu_peak
 
 
 def build_model(layers: int, max_positions: int, vocab_size: int):
@@ -51,16 +43,6 @@ def build_model(layers: int, max_positions: int, vocab_size: int):
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     return model.eval()
-
-
-def timed(fn):
-    import torch
-
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = fn()
-    torch.cuda.synchronize()
-    return result, time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from builders.deita.scoring import DeitaScorer
 
     device_name = torch.cuda.get_device_name()
-    peak = peak_tflops(device_name, args.peak_tflops) * 1e12
+    peak, peak_line = gpu_peak(device_name, args.peak_tflops)
     tokenizer = build_tokenizer(model_max_length=args.max_tokens + 256)
     model = build_model(layers, args.max_tokens + 256, vocab_size=32000)
     params = sum(p.numel() for p in model.parameters())
@@ -97,39 +79,44 @@ def main(argv: list[str] | None = None) -> int:
         for i, (q, r) in enumerate(turns)
     ]
     prompts = [render_quality(q, r) for q, r in turns]
-    score_tokens = sum(len(tokenizer.encode(p)) for p in prompts)
-    embed_tokens = sum(len(tokenizer.encode(render_vicuna(r))) for r in records)
+    score_lengths = np.array([len(tokenizer.encode(p)) for p in prompts])
+    embed_lengths = np.array([len(tokenizer.encode(render_vicuna(r))) for r in records])
+    shape, decoder_shape = DecoderShape.of(model), DecoderShape.of(model.get_decoder())
+    n_ref = min(args.reference_rows, rows)
 
     scorer = DeitaScorer.from_model(model, tokenizer, "quality", batch_size=args.batch_size)
     embedder = CausalLMEmbedder.from_model(model, tokenizer, batch_size=args.batch_size)
-    scorer.score_turns(turns[: args.batch_size])  # warm-up: kernels, allocator
+    # warm-up of every timed path (kernels, allocator, generate's set-up), outside the timings
+    scorer.score_turns(turns[: args.batch_size])
     embedder.embed_records(records[: args.batch_size])
+    reference_scores(model, tokenizer, prompts[:2], scorer.digit_ids)
 
-    ours, score_s = timed(lambda: scorer.score_turns(turns).scores)
-    _, embed_s = timed(lambda: embedder.embed_records(records))
-    n_ref = min(args.reference_rows, rows)
-    ref_prompts = prompts[:n_ref]
-    ref, ref_s = timed(lambda: reference_scores(model, tokenizer, ref_prompts, scorer.digit_ids))
-    ref_tokens = sum(len(tokenizer.encode(p)) for p in ref_prompts)
-    max_diff = float(np.abs(ours[:n_ref] - ref).max())
+    def scoring(label: str, n: int) -> tuple[str, int, int, float]:
+        """Figure arguments for scoring the first ``n`` prompts: one logit position per prompt."""
+        return label, n, int(score_lengths[:n].sum()), shape.prompts_flops(score_lengths[:n], logits_per_prompt=1)
 
-    def row(label: str, n: int, seconds: float, tokens: int) -> str:
-        mfu = 2 * params * tokens / seconds / peak
-        return f"| {label:<40} | {n:>5} | {seconds:8.2f} | {n / seconds:9.1f} | {tokens / seconds:9.0f} | {100 * mfu:5.1f}% |"
+    sync = torch.cuda.synchronize
+    ref, ref_fig = timed(*scoring("reference scorer: generate, 1 per call", n_ref),
+                         lambda: reference_scores(model, tokenizer, prompts[:n_ref], scorer.digit_ids), sync)
+    ours_same, same_fig = timed(*scoring("alignsmith scorer: same rows", n_ref),
+                                lambda: scorer.score_turns(turns[:n_ref]).scores, sync)
+    _, all_fig = timed(*scoring("alignsmith scorer: all rows", rows), lambda: scorer.score_turns(turns).scores, sync)
+    _, embed_fig = timed("alignsmith embedder: last token, batched", rows, int(embed_lengths.sum()),
+                         decoder_shape.prompts_flops(embed_lengths, logits_per_prompt=0),
+                         lambda: embedder.embed_records(records), sync)
+    max_diff = float(np.abs(ours_same - ref).max())
 
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
-    print(
-        f"device: {device_name}, dense bf16 peak {peak / 1e12:.0f} TFLOP/s; model: LLaMA-7B shape, {layers} layers, "
-        f"{params / 1e9:.2f}B params, bf16, random weights; batch size {args.batch_size}"
-    )
+    print(f"device: {peak_line}")
+    print(f"model: LLaMA-7B shape, {layers} layers, {params / 1e9:.2f}B params, bf16, random weights; "
+          f"batch size {args.batch_size}; prompts {score_lengths.min()}-{score_lengths.max()} tokens "
+          f"(mean {score_lengths.mean():.0f}, first {n_ref}: mean {score_lengths[:n_ref].mean():.0f})")
+    print(f"FLOPs: {shape.legend()}; the scorer computes logits at one position per prompt (k = rows), the "
+          f"embedder none (k = 0); the reference's second generated token is not counted")
     print()
-    print(f"| {'workload':<40} | {'rows':>5} | {'wall s':>8} | {'samples/s':>9} | {'tokens/s':>9} | {'MFU':>6} |")
-    print(f"|{'-' * 42}|{'-' * 7}|{'-' * 10}|{'-' * 11}|{'-' * 11}|{'-' * 8}|")
-    print(row("reference scorer: generate, 1 per call", n_ref, ref_s, ref_tokens))
-    print(row("alignsmith scorer: one pass, batched", rows, score_s, score_tokens))
-    print(row("alignsmith embedder: last token, batched", rows, embed_s, embed_tokens))
+    print_table([ref_fig, same_fig, all_fig, embed_fig], peak, 1e12, "TFLOP/s")
     print()
-    print(f"scoring speedup over the reference: {(rows / score_s) / (n_ref / ref_s):.1f}x")
+    print(f"scoring speedup over the reference on the same {n_ref} rows: {ref_fig.seconds / same_fig.seconds:.1f}x")
     print(f"max |score difference| vs reference on {n_ref} rows = {max_diff:.2e} (bf16 tolerance 2e-2)")
     if max_diff > 2e-2:
         print("FAIL: the batched scorer disagrees with the reference loop", file=sys.stderr)

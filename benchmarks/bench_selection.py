@@ -29,6 +29,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from builders.deita.selection import combine_scores, select_diverse  # noqa: E402
+from hardware import load_average  # noqa: E402
 
 GENERATION_CHUNK = 8192
 
@@ -90,6 +91,7 @@ def compare_case(name: str, n: int, dim: int, n_centres: int, noise: tuple[float
         "reference_s": reference_s,
         "alignsmith_s": ours_s,
         "identical": identical,
+        "load": load_average(),
     }
 
 
@@ -105,7 +107,7 @@ def write_paper_pool(path: Path, n: int, dim: int, n_centres: int, seed: int) ->
     del pool
 
 
-def resident_gb(field: str) -> float:
+def resident_gib(field: str) -> float:
     """A ``/proc/self/status`` memory field (Linux), in GiB; NaN elsewhere."""
     try:
         with open("/proc/self/status") as status:
@@ -134,9 +136,9 @@ def paper_worker(path: Path, budget: int, seed: int) -> None:
                 "selected": counts.selected,
                 "scanned": counts.scanned,
                 "rejected": counts.rejected_too_similar,
-                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                "anon_gb": resident_gb("RssAnon"),
-                "file_gb": resident_gb("RssFile"),
+                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # KiB on Linux
+                "anon_gib": resident_gib("RssAnon"),
+                "file_gib": resident_gib("RssFile"),
             }
         )
     )
@@ -169,11 +171,11 @@ def main() -> None:
             compare_case(f"clustered N={wide_n:,} d=4096", wide_n, 4096, wide_n // 4, (0.2, 0.45), args.seed),
         ]
         header = ("case", "selected", "rejected", "reference s", "alignsmith s", "speedup")
-        print("{:<28} {:>9} {:>9} {:>12} {:>13} {:>8}  identical".format(*header))
+        print("{:<28} {:>9} {:>9} {:>12} {:>13} {:>8}  identical  load 1/5/15 min".format(*header))
         for r in rows:
             print(
                 f"{r['case']:<28} {r['selected']:>9,} {r['rejected']:>9,} {r['reference_s']:>12.2f} "
-                f"{r['alignsmith_s']:>13.3f} {r['reference_s'] / r['alignsmith_s']:>7.0f}x  {r['identical']}"
+                f"{r['alignsmith_s']:>13.3f} {r['reference_s'] / r['alignsmith_s']:>7.0f}x  {r['identical']!s:<9}  {r['load']}"
             )
         if not all(r["identical"] for r in rows):
             sys.exit("alignsmith's selection differs from the reference loop")
@@ -194,19 +196,20 @@ def main() -> None:
     if out.returncode:
         sys.exit(f"paper-scale worker failed:\n{out.stderr}")
     paper = json.loads(out.stdout.strip().splitlines()[-1])
-    print("(fresh process, page cache warm from writing; the reference loop is not run at this scale)")
+    print(f"(fresh process, page cache warm from writing; the reference loop is not run at this scale; "
+          f"load 1/5/15 min {load_average()})")
     print(
         f"peak RSS counts the memory-mapped file pages the kernel maps around each row read; at exit the process "
-        f"held {paper['anon_gb']:.2f} GiB anonymous + {paper['file_gb']:.2f} GiB file-backed (page cache)"
+        f"held {paper['anon_gib']:.2f} GiB anonymous + {paper['file_gib']:.2f} GiB file-backed (page cache)"
     )
     print(
         f"{'case':<44} {'selected':>9} {'scanned':>9} {'rejected':>9} {'scores s':>9} {'select s':>9} "
-        f"{'process s':>10} {'peak RSS GB':>12}"
+        f"{'process s':>10} {'peak RSS GiB':>12}"
     )
     print(
         f"{f'N={paper_n:,} d=4096 f16 memmap, budget {budget:,}':<44} {paper['selected']:>9,} {paper['scanned']:>9,} "
         f"{paper['rejected']:>9,} {paper['scores_s']:>9.2f} {paper['select_s']:>9.2f} {wall_s:>10.1f} "
-        f"{paper['peak_rss_gb']:>12.2f}"
+        f"{paper['peak_rss_gib']:>12.2f}"
     )
 
 

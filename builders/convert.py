@@ -55,6 +55,8 @@ def run(recipe: ConvertRecipe) -> Release:
     summary = result.summary()
     log.info("%s: %d rows, %d converted, %d rejected %s", loaded.name, summary["total"], summary["converted"],
              summary["rejected"], summary["rejected_by_reason"] or "")
+    for note, columns in result.extra_column_notes().items():
+        log.info("%s: %s: %s", loaded.name, note, columns)
     features = conversation_features() if recipe.kind == "conversation" else preference_features()
     configs = {
         recipe.config_name: {"train": dataset_from_rows(result.records, features)},
@@ -64,12 +66,19 @@ def run(recipe: ConvertRecipe) -> Release:
     stats = {key: value for key, value in summary.items() if not isinstance(value, dict)}
     stats.update({f"rejected: {code}": n for code, n in summary["rejected_by_reason"].items()})
     stats.update({f"format: {name}": n for name, n in summary["formats"].items()})
+    stats.update({f"column carried in metadata: {name}": n for name, n in summary["carried_columns"].items()})
+    stats.update({f"column dropped: {name}": n for name, n in summary["dropped_columns"].items()})
     content = CardContent(
         title=f"{recipe.output.repo_id}",
         summary=f"`{loaded.name}` converted to alignsmith {recipe.kind} records and validated.",
         license=recipe.output.license,
         tags=["alignsmith-records", recipe.kind],
         statistics=stats,
+        config_descriptions={
+            recipe.config_name: f"the validated alignsmith {recipe.kind} records.",
+            "rejected": "every row that could not be converted, with the record id, field and reason, and the row "
+            "itself as JSON.",
+        },
     )
     return publish_dataset(recipe.output, configs, content, lineage,
                            default_config=recipe.config_name)

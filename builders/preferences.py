@@ -77,9 +77,9 @@ def run(recipe: PreferencesRecipe) -> Release:
         sample = weighted_sample(pairs, entry, seed=(recipe.data.seed, index))
         samples.append(sample)
         inputs.append(mixture_ref(loaded, "source"))
-        statistics[f"{where}: pairs used"] = f"{len(sample)} of {len(records)} valid ({len(result.rejected)} rejected)"
-        if result.unused_columns:
-            statistics[f"{where}: columns not carried over"] = ", ".join(sorted(result.unused_columns))
+        label = f"data.datasets[{index}] ({loaded.name})"  # the card's: no local path, the recipe has the rest
+        statistics[f"{label}: pairs used"] = f"{len(sample)} of {len(records)} valid ({len(result.rejected)} rejected)"
+        statistics |= {f"{label}: {note}": columns for note, columns in result.extra_column_notes().items()}
         log.info("%s: %d valid pairs, %d used, %d rejected", where, len(records), len(sample), len(result.rejected))
     train, test = shuffle_and_split(datasets.concatenate_datasets(samples), recipe.data)
     splits = {"train": train} if test is None else {"train": train, "test": test}
@@ -94,6 +94,12 @@ def run(recipe: PreferencesRecipe) -> Release:
         ),
         tags=["alignsmith-records", "preference", "dpo"],
         statistics=statistics,
+        config_descriptions={
+            recipe.config_name: "the mixed, shuffled pairs; `test`, when there is one, holds out `data.eval_size` "
+            "of them.",
+            "rejected": "every row that is not a valid pair, with the `data.datasets` entry it came from, the record "
+            "id, field and reason.",
+        },
     )
     lineage = Lineage(command="build preferences", recipe=to_dict(recipe), inputs=inputs)
     return publish_dataset(recipe.output, configs, content, lineage, default_config=recipe.config_name)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, offline: set up, start an embedded Hub under runs/demo/hub, publish a tiny scorer,
 # run the Deita builder on the bundled HH-RLHF pool, and read the published dataset back by tag.
-# Rerunning starts from scratch (runs/demo is wiped: published tags are never overwritten).
+# Rerunning starts afresh (published tags are never moved) and keeps the previous run: runs/demo, with its
+# embedded Hub and everything published to it, is moved aside to runs/demo.<date-time> first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -11,7 +12,12 @@ export ALIGNSMITH_HUB_ROOT="$PWD/runs/demo/hub"
 PATH="$PWD/.venv/bin:$PATH"
 
 alignsmith hub stop >/dev/null
-rm -rf runs/demo
+if [ -e runs/demo ]; then
+  kept="runs/demo.$(date +%Y%m%d-%H%M%S)"
+  mv runs/demo "$kept"
+  echo "The previous demo (its embedded Hub and everything published to it) is kept in $kept;"
+  echo "serve it with: alignsmith hub start --root $kept/hub"
+fi
 
 # 1. a tiny, untrained scorer published to the embedded Hub (stands in for hkust-nlp/deita-*-scorer)
 alignsmith models tiny --out runs/demo/models/tiny-scorer --hidden-size 64 --seed 0 \

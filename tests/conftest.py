@@ -43,6 +43,7 @@ from alignsmith.hub.server import HubServer  # noqa: E402
 _HUB_ROOT = Path(tempfile.mkdtemp(prefix="alignsmith-test-hub-"))
 _HUB_SERVER = HubServer(_HUB_ROOT)
 atexit.register(shutil.rmtree, _HUB_ROOT, ignore_errors=True)
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
 os.environ["HF_ENDPOINT"] = _HUB_SERVER.url
 _HUB_TOKEN = admin_token(_HUB_ROOT) or ""
 os.environ["HF_TOKEN"] = _HUB_TOKEN

@@ -8,6 +8,7 @@ shuffling and the eval split are all seeded (trl's own mixer splits unseeded).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,9 +24,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# the columns trl reads for each record kind; ids, sources and (empty) image lists stay behind
+# the columns trl reads for each record kind; ids, sources, metadata and (empty) image lists stay behind.
+# SFT hands ``tools`` to the chat template; it goes as a JSON string (trl parses one), because Arrow would
+# merge the differing tool schemas of a dataset into one struct, adding null keys to each.
 TRL_COLUMNS: dict[RecordKind, tuple[str, ...]] = {
-    "conversation": ("messages",),
+    "conversation": ("messages", "tools"),
     "preference": ("prompt", "chosen", "rejected"),
 }
 
@@ -87,7 +90,13 @@ def _validated_rows(loaded: LoadedSource, kind: RecordKind) -> list[dict[str, An
         raise TrainingDataError(
             f"{where}: record {with_images['id']!r}, field 'images': text-only training cannot use images"
         )
-    return [{column: record[column] for column in TRL_COLUMNS[kind]} for record in result.records]
+    return [{column: _trl_value(record, column) for column in TRL_COLUMNS[kind]} for record in result.records]
+
+
+def _trl_value(record: dict[str, Any], column: str) -> Any:
+    if column == "tools":
+        return json.dumps(record["tools"]) if "tools" in record else None
+    return record[column]
 
 
 def _describe_rejection(rejection: dict[str, Any]) -> str:

@@ -7,13 +7,14 @@ resolved recipe); the body says how to chat with the model and what the run meas
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib.metadata
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alignsmith.cards import CardContent, model_card
-from alignsmith.lineage import Lineage
+from alignsmith.cards import CardContent, Figure, line_plot, model_card
+from alignsmith.lineage import Lineage, load_revision
 from alignsmith.publish import Release, publish_folder
 from alignsmith.recipes import to_dict
 
@@ -40,6 +41,12 @@ _CARD_ARGUMENTS = (
     "loss_type",
     "seed",
 )
+# what DPOTrainer logs about the implicit reward; final values go in the statistics, curves in a figure
+DPO_REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+# packages whose versions decide how the weights came out, listed in the card
+FRAMEWORKS = ("transformers", "trl", "peft", "torch", "datasets")
+# license fields a derived model inherits from its base model's card
+_LICENSE_KEYS = ("license", "license_name", "license_link")
 
 
 @dataclass
@@ -53,6 +60,7 @@ class TrainingSummary:
     template_origin: str
     resumed_from_step: int | None
     trainer_args: Any  # the SFTConfig/DPOConfig the run used
+    log_history: list[dict[str, Any]] = field(default_factory=list)  # the trainer's state.log_history
 
 
 def publish_model(
@@ -70,15 +78,18 @@ def publish_model(
     metadata: dict[str, Any] = {"training_metrics": {k: float(f"{v:.6g}") for k, v in summary.metrics.items()}}
     if base.card_base_model is not None:
         metadata["base_model_relation"] = "adapter" if library == "peft" else "finetune"
+    inherited = {} if recipe.output.license else _base_license(base)
     content = CardContent(
         title=recipe.output.repo_id.split("/")[-1],
         summary=_summary(recipe, base, data),
-        license=recipe.output.license,
+        license=recipe.output.license or inherited.pop("license", None),
         tags=["trl", recipe.kind, *(["lora"] if lora else [])],
         statistics=_statistics(summary, data),
+        figures=_figures(summary.log_history),
         extra_sections={"Training": _training_section(recipe, summary),
-                        "Chat": _chat_section(adapter_only=library == "peft")},
-        metadata=metadata,
+                        "Chat": _chat_section(adapter_only=library == "peft"),
+                        "Framework versions": _framework_versions()},
+        metadata=metadata | inherited,
     )
     revision_hint = recipe.output.tag or recipe.output.branch
     card = model_card(
@@ -89,7 +100,52 @@ def publish_model(
         library_name=library,
         revision_hint=revision_hint,
     )
-    return publish_folder(recipe.output, folder, card, lineage)
+    return publish_folder(recipe.output, folder, card, lineage, figures=content.figures)
+
+
+def _base_license(base: BaseModel) -> dict[str, str]:
+    """The license fields of the base model's card, which a model trained from it inherits; none if it has none."""
+    from huggingface_hub import ModelCard, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    revision = load_revision(base.ref)
+    if revision is None:  # a local folder
+        readme = Path(base.ref.repo_id) / "README.md"
+    else:
+        try:
+            readme = Path(hf_hub_download(base.ref.repo_id, "README.md", revision=revision))
+        except EntryNotFoundError:
+            return {}
+    if not readme.is_file():
+        return {}
+    fields = ModelCard.load(readme).data.to_dict()
+    return {key: fields[key] for key in _LICENSE_KEYS if isinstance(fields.get(key), str)}
+
+
+def _figures(log_history: list[dict[str, Any]]) -> list[Figure]:
+    """The training loss (and evaluation loss) by step; for DPO also the implicit rewards and their accuracy."""
+    plots = (
+        ("Loss", "loss", {"training": "loss", "evaluation": "eval_loss"}, "loss.png"),
+        ("DPO implicit rewards", "reward", {key: key for key in DPO_REWARDS[:3]}, "rewards.png"),
+        ("DPO reward accuracy", "accuracy", {"rewards/accuracies": "rewards/accuracies"}, "reward_accuracy.png"),
+    )
+    figures = []
+    for title, ylabel, keys, filename in plots:
+        series = {label: _curve(log_history, key) for label, key in keys.items()}
+        series = {label: curve for label, curve in series.items() if curve[0]}
+        if series:
+            figures.append(line_plot(series, title, "step", ylabel, filename))
+    return figures
+
+
+def _curve(log_history: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    points = [(entry["step"], entry[key]) for entry in log_history if key in entry and "step" in entry]
+    return [float(x) for x, _ in points], [float(y) for _, y in points]
+
+
+def _framework_versions() -> str:
+    """Versions of the libraries that trained the model: a rerun with others may not give the same weights."""
+    return "\n".join(f"- {package}: {importlib.metadata.version(package)}" for package in FRAMEWORKS)
 
 
 def _summary(recipe: TrainRecipe, base: BaseModel, data: TrainingData) -> str:

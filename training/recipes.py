@@ -86,6 +86,7 @@ class ChatTemplateRecipe:
 class ModelOutput(OutputRepo):
     """Where the trained model is published."""
 
+    repo_id: str = help_text("Target model repo id, e.g. 'my-org/qwen2.5-0.5b-sft'.")
     merged: bool = help_text(
         "With LoRA: publish merged full weights at the repo root (the adapter goes under adapter/).", default=False
     )
@@ -121,7 +122,11 @@ class TrainRecipe(HubRecipe):
     output_dir: str | None = help_text(
         "Local folder for checkpoints and the saved model (default: runs/<output repo id>).", default=None
     )
-    resume: bool = help_text("Resume from the newest checkpoint in output_dir when there is one.", default=True)
+    resume: bool = help_text(
+        "Resume from the newest complete checkpoint in output_dir, which must come from a recipe that trains the "
+        "same weights (false: delete the checkpoints and start over).",
+        default=True,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -142,6 +147,7 @@ class TrainRecipe(HubRecipe):
         # checked when the run starts (trl validates them against the machine, e.g. bf16 needs a GPU)
         self.lora_config()
         _check_keys(self.trl_config, self.training)
+        _check_trackers(self.training.get("report_to", "none"))
 
     @property
     def run_dir(self) -> Path:
@@ -259,6 +265,31 @@ def _check_keys(config_name: str, training: dict[str, Any]) -> None:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise RecipeError(f"training.{key}: not an argument of trl's {config_name}{hint}")
+
+
+def _check_trackers(report_to: str | list[str]) -> None:
+    """Refuse an unknown or uninstalled ``training.report_to`` tracker when the recipe loads.
+
+    transformers would otherwise fail inside ``Trainer.__init__``, after the data and model loaded.
+    """
+    from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+
+    requested = [report_to] if isinstance(report_to, str) else list(report_to)
+    if requested in (["none"], ["all"]):
+        return
+    for name in requested:
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise RecipeError(
+                f"training.report_to: unknown tracker {name!r}; expected none, all or one of "
+                f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}"
+            )
+    available = get_available_reporting_integrations()
+    missing = [name for name in requested if name not in available]
+    if missing:
+        raise RecipeError(
+            f"training.report_to: {', '.join(missing)} not installed (or not configured) in this environment; "
+            f"install it, or set report_to: none"
+        )
 
 
 def _unmerged_lora(recipe: TrainRecipe) -> bool:

@@ -8,6 +8,7 @@ only the main process saves the release and publishes it, then tells the others 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
+from transformers import TrainerCallback
 
 from alignsmith.publish import Release, ensure_tag_free
 from alignsmith.recipes import RESOLVED_RECIPE_FILENAME, RecipeError, save_resolved, to_dict
@@ -22,13 +24,31 @@ from alignsmith.recipes import RESOLVED_RECIPE_FILENAME, RecipeError, save_resol
 from training.chat import prepare_chat
 from training.data import TrainingData, load_mixture
 from training.models import BaseModel, count_parameters, freeze_except, load_base_model, load_reference_model
-from training.publish import TrainingSummary, publish_model
+from training.publish import DPO_REWARDS, TrainingSummary, publish_model
 from training.recipes import TrainRecipe
 
 log = logging.getLogger(__name__)
 
-# recipe sections that define what a checkpoint is a checkpoint *of*; the rest (steps, lr...) may change on resume
-_RUN_IDENTITY = ("base_model", "data", "chat_template", "lora", "unfrozen")
+TRAINER_STATE = "trainer_state.json"
+# what a checkpoint needs to resume from -> the files that provide it (optimizer: DDP, FSDP, DeepSpeed)
+_CHECKPOINT_FILES = {
+    TRAINER_STATE: (TRAINER_STATE,),
+    "model weights": ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors"),
+    "optimizer state": ("optimizer.pt", "optimizer.bin", "latest"),
+}
+# recipe keys (dotted prefixes) that do not change the trained weights: where they are read from and
+# published to, how the run is logged, saved, evaluated or loaded; everything else must match to resume
+_NOT_WEIGHTS = ("hub", "output", "resume", "base_model.attn_implementation")  # also hub_root, output_dir
+_NOT_WEIGHTS_TRAINING = tuple(
+    f"training.{key}"
+    for key in ("logging_", "save_", "eval_", "per_device_eval_batch_size", "report_to", "run_name", "project",
+                "trackio_", "disable_tqdm", "log_level", "log_on_each_node", "dataloader_")
+)
+_UNSET = "(unset)"
+
+
+class CheckpointMismatchError(RecipeError):
+    """A checkpoint in output_dir that this recipe must not resume: another recipe made it, or it is finished."""
 
 
 @dataclass
@@ -54,6 +74,13 @@ def train(recipe: TrainRecipe, *, callbacks: Iterable[Any] = ()) -> TrainingResu
             "output.merged is not supported under DeepSpeed ZeRO-3 (weights are sharded): use zero2 or ddp"
         )
     ensure_tag_free(recipe.output.repo_id, "model", recipe.output.tag)
+    resume_from = _checkpoint_to_resume(recipe, args)
+    if resume_from is not None:
+        log.info("resuming from %s (step %d), the newest complete checkpoint", resume_from.path,
+                 resume_from.global_step)
+        if resume_from.global_step >= resume_from.max_steps:
+            log.warning("%s already reached the last step: nothing left to train, publishing its weights",
+                        resume_from.path)
     with args.main_process_first(desc="loading the training data and base model"):
         data = load_mixture(recipe.data, recipe.record_kind)
         base = load_base_model(recipe.base_model)
@@ -78,7 +105,6 @@ def train(recipe: TrainRecipe, *, callbacks: Iterable[Any] = ()) -> TrainingResu
         reference["ref_model"] = load_reference_model(recipe.base_model, base)
     if recipe.unfrozen:
         freeze_except(base.model, recipe.unfrozen)
-    resume_from = _checkpoint_to_resume(recipe, args)
     if args.should_save:
         save_resolved(recipe, recipe.run_dir)
 
@@ -89,17 +115,17 @@ def train(recipe: TrainRecipe, *, callbacks: Iterable[Any] = ()) -> TrainingResu
         eval_dataset=data.eval,
         processing_class=base.tokenizer,
         peft_config=peft_config,
-        callbacks=list(callbacks),
+        callbacks=[_RecordRecipe(recipe), *callbacks],
         **reference,
     )
     trainable, total = count_parameters(trainer.model)
-    resumed_step = _global_step(resume_from) if resume_from else None
-    if resume_from:
-        log.info("resuming from %s (step %d)", resume_from, resumed_step)
-    output = trainer.train(resume_from_checkpoint=resume_from)
+    resumed_step = resume_from.global_step if resume_from else None
+    output = trainer.train(resume_from_checkpoint=str(resume_from.path) if resume_from else None)
     metrics = _metrics(trainer, output)
     if data.eval is not None:
-        metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+        # trl's eval_num_tokens counts the tokens seen by training and evaluation together: misleading in a card
+        evaluated = {k: v for k, v in trainer.evaluate().items() if k != "eval_num_tokens"}
+        metrics.update({k: float(v) for k, v in evaluated.items() if isinstance(v, (int, float))})
 
     release_dir = recipe.run_dir / "release"
     summary = TrainingSummary(
@@ -110,41 +136,126 @@ def train(recipe: TrainRecipe, *, callbacks: Iterable[Any] = ()) -> TrainingResu
         template_origin=template_origin,
         resumed_from_step=resumed_step,
         trainer_args=args,
+        log_history=list(trainer.state.log_history),
     )
     release = _save_and_publish(trainer, recipe, release_dir, base, data, summary)
     return TrainingResult(release, metrics, resumed_step)
 
 
-def _checkpoint_to_resume(recipe: TrainRecipe, args: Any) -> str | None:
-    """The newest checkpoint in the run folder, if it belongs to this run; stale ones go when resume is off."""
-    from transformers.trainer_utils import get_last_checkpoint
+@dataclass(frozen=True)
+class _Checkpoint:
+    path: Path
+    global_step: int
+    max_steps: int
 
+
+def _checkpoint_to_resume(recipe: TrainRecipe, args: Any) -> _Checkpoint | None:
+    """The newest complete checkpoint in the run folder, if this recipe may resume it.
+
+    Stale checkpoints go when resume is off. Half-written ones (a run killed while saving) are skipped.
+    """
     folder = recipe.run_dir
-    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-    if last is None:
+    checkpoints = sorted(folder.glob("checkpoint-*"), key=_step_of, reverse=True) if folder.is_dir() else []
+    if not checkpoints:
         return None
     if not recipe.resume:
         if args.should_save:
             log.info("resume is off: removing old checkpoints in %s", folder)
-            for checkpoint in folder.glob("checkpoint-*"):
+            for checkpoint in checkpoints:
                 shutil.rmtree(checkpoint)
         return None
-    saved_path = folder / RESOLVED_RECIPE_FILENAME
-    saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) if saved_path.is_file() else {}
-    current = to_dict(recipe)
-    changed = [key for key in _RUN_IDENTITY if saved.get(key) != current[key]]
-    if changed:
-        raise RecipeError(
-            f"output_dir {folder} holds checkpoints of a different run ({', '.join(changed)} changed): "
+    for path in checkpoints:
+        checkpoint = _read_checkpoint(path)
+        if isinstance(checkpoint, str):
+            log.warning("skipping %s: incomplete (no %s), probably written by a killed run", path, checkpoint)
+            continue
+        _check_same_run(recipe, checkpoint)
+        return checkpoint
+    log.warning("no complete checkpoint in %s: training from the start", folder)
+    return None
+
+
+def _step_of(checkpoint: Path) -> int:
+    suffix = checkpoint.name.removeprefix("checkpoint-")
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def _read_checkpoint(path: Path) -> _Checkpoint | str:
+    """The checkpoint, or what it lacks to resume from.
+
+    trainer_state.json is written last, but a kill can cut it short, so it must also parse.
+    """
+    for name, candidates in _CHECKPOINT_FILES.items():
+        if not any((path / candidate).exists() for candidate in candidates):
+            return name
+    try:
+        state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+        return _Checkpoint(path, state["global_step"], state["max_steps"])
+    except (OSError, ValueError, KeyError):
+        return f"readable {TRAINER_STATE}"
+
+
+def _check_same_run(recipe: TrainRecipe, checkpoint: _Checkpoint) -> None:
+    """Refuse a checkpoint made by a recipe that trains different weights, or one whose run already ended.
+
+    The recipe is recorded in each checkpoint (older checkpoints: the run folder's copy).
+    """
+    recorded_path = checkpoint.path / RESOLVED_RECIPE_FILENAME
+    if not recorded_path.is_file():
+        recorded_path = recipe.run_dir / RESOLVED_RECIPE_FILENAME
+    if not recorded_path.is_file():
+        raise CheckpointMismatchError(
+            f"{checkpoint.path} has no {RESOLVED_RECIPE_FILENAME}, so alignsmith cannot tell which recipe made it: "
             "choose another output_dir, or set resume: false to start over"
         )
-    return last
+    recorded = yaml.safe_load(recorded_path.read_text(encoding="utf-8"))
+    current = to_dict(recipe)
+    before, after = _weight_defining(recorded), _weight_defining(current)
+    changed = sorted(key for key in before.keys() | after.keys() if before.get(key, _UNSET) != after.get(key, _UNSET))
+    if changed:
+        differences = "; ".join(f"{key}: {before.get(key, _UNSET)!r} -> {after.get(key, _UNSET)!r}" for key in changed)
+        raise CheckpointMismatchError(
+            f"{checkpoint.path} was trained by a different recipe ({recorded_path}): {differences}. Resuming would "
+            "publish weights this recipe did not train: choose another output_dir, or set resume: false to start over"
+        )
+    if checkpoint.global_step >= checkpoint.max_steps and recorded["output"] != current["output"]:
+        raise CheckpointMismatchError(
+            f"{checkpoint.path} already finished training (step {checkpoint.global_step} of {checkpoint.max_steps}) "
+            f"for output {_describe_output(recorded['output'])}; this run would train nothing and publish the same "
+            f"weights as {_describe_output(current['output'])}: choose another output_dir, or set resume: false "
+            "to train again"
+        )
 
 
-def _global_step(checkpoint: str) -> int:
-    from transformers import TrainerState
+def _describe_output(output: dict[str, Any]) -> str:
+    return f"{output['repo_id']}@{output['tag'] or output['branch']}"
 
-    return TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json")).global_step
+
+def _weight_defining(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's values that decide the trained weights, as ``dotted.key -> value``."""
+    ignored = _NOT_WEIGHTS + _NOT_WEIGHTS_TRAINING
+    return {key: value for key, value in _flatten(recipe).items() if not key.startswith(ignored)}
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        items = [(f"{prefix}.{key}" if prefix else str(key), item) for key, item in value.items()]
+    elif isinstance(value, list):
+        items = [(f"{prefix}[{index}]", item) for index, item in enumerate(value)]
+    else:
+        return {prefix: value}
+    return {key: leaf for name, item in items for key, leaf in _flatten(item, name).items()}
+
+
+class _RecordRecipe(TrainerCallback):
+    """Saves the resolved recipe into every checkpoint, so a resume can tell which recipe made it."""
+
+    def __init__(self, recipe: TrainRecipe) -> None:
+        self.recipe = recipe
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if args.should_save:
+            save_resolved(self.recipe, Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
 def _metrics(trainer: Any, output: Any) -> dict[str, float]:
@@ -160,6 +271,10 @@ def _metrics(trainer: Any, output: Any) -> dict[str, float]:
         metrics["first_train_loss"] = float(history[0]["loss"])
         if "num_tokens" in history[-1]:
             metrics["train_tokens"] = float(history[-1]["num_tokens"])
+    for key in DPO_REWARDS:  # the last logged value of each; absent for SFT
+        logged = [entry[key] for entry in history if key in entry]
+        if logged:
+            metrics[key] = float(logged[-1])
     return metrics
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import hmac
 import io
@@ -22,7 +23,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 from urllib.parse import parse_qs, quote, unquote, urlencode
 
 import yaml
@@ -31,9 +32,11 @@ from alignsmith import __version__
 from alignsmith.frontmatter import card_metadata
 from alignsmith.hub import auth
 from alignsmith.hub.storage import (
+    LFS_SIZE_THRESHOLD,
     AddFile,
     BadRequestError,
     Commit,
+    CommitSummary,
     ConflictError,
     DeleteFile,
     DeleteFolder,
@@ -57,6 +60,9 @@ MAX_JSON_BODY = 64 * 1024 * 1024
 UPLOAD_URL_TTL = 24 * 3600
 PAGE_SIZE = 1000
 EXPANDED_PAGE_SIZE = 50
+# huggingface.co caps paths-info too; huggingface_hub asks for at most 500 paths at a time (FETCH_LFS_BATCH_SIZE).
+MAX_PATHS_INFO = 1000
+MAX_INLINE_FILE = LFS_SIZE_THRESHOLD  # huggingface.co refuses regular (non-LFS) files over 10 MB
 MAX_CARD_BYTES = 1024 * 1024  # a README larger than this is served, but not parsed for card metadata
 _TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 
@@ -71,6 +77,12 @@ class UnprocessableError(HubError):
 
 class NotImplementedByHubError(HubError):
     status = 501
+
+
+class InsufficientStorageError(HubError):
+    """A full disk: 507, which clients do not retry (a 500 has them retry for many seconds)."""
+
+    status = 507
 
 
 class _RangeNotSatisfiable(HubError):
@@ -111,8 +123,8 @@ class Request:
             return {}
         try:
             body = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadRequestError(f"request body is not valid JSON: {exc}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise BadRequestError(f"request body is not valid JSON (or nested too deeply): {exc}") from None
         if not isinstance(body, dict):
             raise BadRequestError("request body must be a JSON object")
         return body
@@ -169,7 +181,7 @@ def _bearer(header: str | None) -> str | None:
 # -- the Hub API --------------------------------------------------------------------------------
 
 
-def _item_json(item: TreeItem, last: Commit | None = None) -> dict[str, Any]:
+def _item_json(item: TreeItem, last: CommitSummary | None = None) -> dict[str, Any]:
     if item.file is None:
         out: dict[str, Any] = {"type": "directory", "oid": item.oid, "path": item.path}
     else:
@@ -187,6 +199,33 @@ def _sibling_json(path: str, e: FileEntry) -> dict[str, Any]:
     if e.lfs:
         out["lfs"] = {"sha256": e.sha256, "size": e.size, "pointerSize": e.lfs_pointer_size}
     return out
+
+
+def _inline_too_large(what: str) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"{what}: regular (non-LFS) files are limited to {MAX_INLINE_FILE} bytes, as on huggingface.co; "
+        "upload larger ones with LFS (an 'lfsFile' commit line; huggingface_hub does so when preupload "
+        "answers uploadMode 'lfs')"
+    )
+
+
+def _commit_lines(body: io.BufferedReader) -> Iterator[bytes]:
+    """The lines of a commit body; one too long to hold an inline file is refused before it fills memory."""
+    limit = 4 * -(-MAX_INLINE_FILE // 3) + 64 * 1024  # base64 of the largest inline file, plus its JSON
+    n = 0
+    while line := body.readline(limit + 1):
+        n += 1
+        if len(line) > limit:
+            raise _inline_too_large(f"commit line {n} is over {limit} bytes")
+        yield line
+
+
+def _card_metadata(text: str) -> dict[str, Any] | None:
+    """:func:`card_metadata`, reporting YAML nested too deeply to parse as invalid metadata, not a crash."""
+    try:
+        return card_metadata(text)
+    except RecursionError:
+        raise ValueError("the README metadata is nested too deeply to be read") from None
 
 
 def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -261,7 +300,15 @@ class HubApp:
             if match and route_method == method:
                 req.token = self.tokens.authenticate(_bearer(req.headers.get("Authorization")))
                 args = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
-                return handler(req, **args)
+                try:
+                    return handler(req, **args)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise InsufficientStorageError(
+                            f"the embedded Hub's disk is full ({self.storage.root}): nothing was changed; "
+                            "free some space, then retry"
+                        ) from exc
+                    raise
         return json_response({"error": f"no route for {req.method} {req.path}"}, 404)
 
     # -- access helpers -----------------------------------------------------------------------
@@ -314,7 +361,7 @@ class HubApp:
     def validate_yaml(self, req: Request) -> Response:
         content = req.read_json().get("content", "")
         try:
-            card_metadata(content if isinstance(content, str) else "")
+            _card_metadata(content if isinstance(content, str) else "")
         except (yaml.YAMLError, ValueError) as exc:
             return json_response({"errors": [{"message": _header_safe(str(exc))}]}, 400)
         return json_response({})
@@ -361,16 +408,26 @@ class HubApp:
         return json_response({})
 
     def settings(self, req: Request, types: str, ns: str, name: str) -> Response:
+        """Every field is checked before anything changes: a loose reading (``bool("false")``) flips visibility."""
         ref, _ = self._writable(req, types, ns, name)
         body = req.read_json()
-        if body.get("gated") not in (None, False):
-            raise BadRequestError("gated repositories are not supported by the embedded Hub")
+        unknown = sorted(set(body) - {"visibility", "private", "gated"})
+        if unknown:
+            raise BadRequestError(
+                f"settings: unsupported field(s) {', '.join(map(repr, unknown))}; "
+                "the embedded Hub supports 'visibility', 'private' and 'gated' (false only)"
+            )
+        gated = body.get("gated")
+        if gated is not None and gated is not False:
+            raise BadRequestError(f"settings: gated {gated!r} is not supported by the embedded Hub (only false)")
+        if "visibility" in body and body["visibility"] not in ("public", "private"):
+            raise BadRequestError(f"settings: visibility {body['visibility']!r} must be 'public' or 'private'")
+        if "private" in body and not isinstance(body["private"], bool):
+            raise BadRequestError(f"settings: private {body['private']!r} must be a JSON boolean (true or false)")
         if "visibility" in body:
-            if body["visibility"] not in ("public", "private"):
-                raise BadRequestError(f"visibility {body['visibility']!r} must be 'public' or 'private'")
             self.storage.set_private(ref, body["visibility"] == "private")
         elif "private" in body:
-            self.storage.set_private(ref, bool(body["private"]))
+            self.storage.set_private(ref, body["private"])
         return json_response({})
 
     def missing_namespace(self, req: Request, types: str, name: str) -> Response:
@@ -435,7 +492,7 @@ class HubApp:
             return None
         text = self.storage.blob_path(ref, entry.sha256).read_bytes().decode("utf-8", "replace")
         try:
-            return card_metadata(text)
+            return _card_metadata(text)
         except (yaml.YAMLError, ValueError) as exc:
             log.debug("README.md of %s at %s has unreadable metadata: %s", ref, commit.id, exc)
             return None
@@ -508,23 +565,25 @@ class HubApp:
         items = self.storage.list_tree(commit, path.strip("/"), recursive=req.flag("recursive"))
         expand = req.flag("expand")
         page = self._page_bounds(req, len(items), EXPANDED_PAGE_SIZE if expand else PAGE_SIZE)
-        rows = [
-            _item_json(item, self.storage.last_change(ref, commit, item.path) if expand else None)
-            for item in items[page[0] : page[1]]
-        ]
+        changes = self.storage.last_changes(ref, commit) if expand else {}
+        rows = [_item_json(item, changes.get(item.path)) for item in items[page[0] : page[1]]]
         return self._page_response(req, rows, page, len(items))
 
     def paths_info(self, req: Request, types: str, ns: str, name: str, rev: str) -> Response:
+        """Capped per request, like huggingface.co: an anonymous caller cannot ask for unbounded work."""
         ref, _ = self._readable(req, types, ns, name)
         commit = self._commit_at(ref, rev)
         fields = req.read_form_or_json()
+        paths = fields.get("paths", [])
+        if len(paths) > MAX_PATHS_INFO:
+            raise BadRequestError(
+                f"paths-info accepts at most {MAX_PATHS_INFO} paths per request, not {len(paths)}: "
+                "send them in batches"
+            )
         expand = str((fields.get("expand") or [False])[-1]).lower() in ("1", "true")
-        out = []
-        for path in fields.get("paths", []):
-            item = self.storage.path_item(commit, str(path).strip("/"))
-            if item is not None:
-                out.append(_item_json(item, self.storage.last_change(ref, commit, item.path) if expand else None))
-        return json_response(out)
+        changes = self.storage.last_changes(ref, commit) if expand else {}
+        items = (self.storage.path_item(commit, str(path).strip("/")) for path in paths)
+        return json_response([_item_json(item, changes.get(item.path)) for item in items if item is not None])
 
     def _page_bounds(self, req: Request, total: int, default: int) -> tuple[int, int]:
         try:
@@ -580,7 +639,9 @@ class HubApp:
         ref, token = self._writable(req, types, ns, name)
         if req.flag("create_pr"):
             raise BadRequestError("pull requests (create_pr) are not supported by the embedded Hub; commit to a branch")
-        lines = iter(req.body)
+        # The blobs below go to this instance of the repository: the commit is refused if it is replaced meanwhile.
+        repo_uid = self.storage.repo_meta(ref).uid
+        lines = _commit_lines(req.body)
         header = self._commit_header(next(lines, b""))
         operations = [self._commit_line(ref, n, line) for n, line in enumerate(lines, start=2) if line.strip()]
         commit = self.storage.apply_commit(
@@ -591,6 +652,7 @@ class HubApp:
             message=str(header.get("description") or ""),
             author=token.name,
             parent_commit=header.get("parentCommit"),
+            repo_uid=repo_uid,
         )
         log.info("commit %s on %s@%s: %d operation(s)", commit.id[:10], ref, rev, len(operations))
         return json_response(
@@ -606,7 +668,7 @@ class HubApp:
     def _commit_header(line: bytes) -> dict[str, Any]:
         try:
             item = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             item = None
         if not isinstance(item, dict) or item.get("key") != "header" or not isinstance(item.get("value"), dict):
             raise BadRequestError('commit line 1 must be {"key": "header", "value": {"summary": ...}}')
@@ -617,7 +679,7 @@ class HubApp:
             item = json.loads(line)
             key, value = item["key"], item["value"]
             path = str(value["path"])
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, KeyError, TypeError) as exc:
             raise BadRequestError(
                 f"commit line {n}: expected {{'key': ..., 'value': {{'path': ...}}}} ({exc!r})"
             ) from None
@@ -629,6 +691,8 @@ class HubApp:
                 if value.get("encoding", "base64") != "base64":
                     raise BadRequestError(f"encoding {value.get('encoding')!r} is not 'base64'")
                 data = base64.b64decode(value["content"], validate=True)
+                if len(data) > MAX_INLINE_FILE:
+                    raise _inline_too_large(f"{where} has {len(data)} bytes")
                 return AddFile(path, self.storage.store_bytes(ref, data))
             if key == "lfsFile":
                 if value.get("algo", "sha256") != "sha256":
@@ -746,7 +810,11 @@ class HubApp:
         status, (offset, length) = (200, (0, entry.size)) if span is None else (206, span)
         if span is not None:
             headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{entry.size}"
-        blob = open(self.storage.blob_path(ref, entry.sha256), "rb")
+        try:
+            blob = open(self.storage.blob_path(ref, entry.sha256), "rb")
+        except FileNotFoundError:
+            self._check_read(req, ref)  # a repository deleted since the commit was read is a 404
+            raise HubError(f"{path!r} of {ref} at {commit.id} is damaged: its content is missing") from None
         stored = os.fstat(blob.fileno()).st_size
         if stored != entry.size:  # Content-Length would promise bytes that cannot be sent
             blob.close()

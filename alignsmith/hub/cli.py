@@ -27,7 +27,8 @@ def start(argv: Sequence[str]) -> int:
 
     hub = ensure_local_hub(args.root)
     print(f"# embedded Hub for {hub.root} at {hub.url} (pid {hub.pid}); to point any client at it:")
-    print(f"export HF_ENDPOINT={hub.url} HF_HUB_DISABLE_XET=1 HF_TOKEN={hub.token or ''}")
+    print(f"export HF_ENDPOINT={hub.url} HF_HUB_DISABLE_XET=1 HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 "
+          f"HF_TOKEN={hub.token or ''}")
     return 0
 
 

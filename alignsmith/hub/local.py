@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -43,6 +44,7 @@ class LocalHub:
     token: str | None  # the root's admin token (None if the token file has none)
     root: Path
     pid: int
+    started: bool = False  # this call started it (it keeps running in the background afterwards)
 
 
 def _serves_root(url: str, root: Path) -> bool:
@@ -82,7 +84,7 @@ def ensure_local_hub(root: Path | None = None) -> LocalHub:
         while time.monotonic() < deadline:
             hub = _running(root)
             if hub is not None and hub.pid == process.pid:
-                return hub
+                return dataclasses.replace(hub, started=True)
             if process.poll() is not None:
                 break
             time.sleep(0.05)

@@ -18,11 +18,13 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 import time
 from contextlib import ExitStack
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, Sequence
@@ -40,6 +42,7 @@ log = logging.getLogger("alignsmith.hub")
 STATE_FILE = "server.json"
 LOCK_FILE = "server.lock"
 MAX_DRAIN = 1024 * 1024
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")  # not isdigit()/int(): they take signs and non-ASCII digits
 
 
 class HubServerError(AlignsmithError):
@@ -55,6 +58,22 @@ class _BodyReader(io.RawIOBase):
     A body that ends before its framing says it should raises ``ConnectionAbortedError`` instead
     of reading as a shorter body: a commit cut off at a line boundary must not be applied in part.
     """
+
+    @classmethod
+    def framed_by(cls, rfile: BinaryIO, headers: Message) -> _BodyReader:
+        """The body the headers announce; a Content-Length that is not one number is a 400.
+
+        Read as no body, the bytes of a malformed one would be parsed as the next request.
+        """
+        if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
+            return cls(rfile, None, chunked=True)
+        values = {value.strip() for value in headers.get_all("Content-Length", [])}
+        if len(values) > 1 or not all(_CONTENT_LENGTH.fullmatch(value) for value in values):
+            raise BadRequestError(
+                f"malformed Content-Length {', '.join(map(repr, sorted(values)))}: "
+                "it must be a single decimal number of bytes"
+            )
+        return cls(rfile, int(values.pop()) if values else None, chunked=False)
 
     def __init__(self, rfile: BinaryIO, length: int | None, chunked: bool) -> None:
         self._rfile = rfile
@@ -141,9 +160,12 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         started = time.monotonic()
-        length = self.headers.get("Content-Length")
-        chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
-        reader = _BodyReader(self.rfile, int(length) if length and length.isdigit() else None, chunked)
+        head = self.command == "HEAD"
+        try:
+            reader = _BodyReader.framed_by(self.rfile, self.headers)
+        except BadRequestError as exc:  # where the body ends is unknown: nothing after it can be read
+            self._reply(error_response(exc, head), head, None)
+            return
         url = urlsplit(self.path)
         request = Request(
             method=self.command,
@@ -153,7 +175,6 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             body=io.BufferedReader(reader, CHUNK_SIZE),
             base_url=f"http://{self.headers.get('Host') or self.server.authority}",
         )
-        head = self.command == "HEAD"
         try:
             response = self.server.app.handle(request)
         except HubError as exc:
@@ -165,8 +186,15 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         except Exception as exc:  # a bug or an I/O failure: answer 500 instead of dropping the connection
             log.exception("%s %s failed", self.command, self.path)
             response = error_response(HubError(f"internal error: {exc!r}"), head)
+        self._reply(response, head, reader)
+        log.debug(
+            "%s %s -> %d (%.1f ms)", self.command, self.path, response.status, (time.monotonic() - started) * 1000
+        )
+
+    def _reply(self, response: Response, head: bool, reader: _BodyReader | None) -> None:
+        """Send ``response``, keeping the connection only if the request body (``reader``) could be read to its end."""
         try:
-            if not reader.drain():
+            if reader is None or not reader.drain():
                 self.close_connection = True
                 response.headers["Connection"] = "close"
             self._send(response, head)
@@ -175,9 +203,6 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         finally:
             if response.file is not None:
                 response.file.close()
-        log.debug(
-            "%s %s -> %d (%.1f ms)", self.command, self.path, response.status, (time.monotonic() - started) * 1000
-        )
 
     def _send(self, response: Response, head: bool) -> None:
         self.send_response(response.status)

@@ -5,17 +5,22 @@ Every revision is kept. Under ``root/repos/{type}s/{namespace}/{name}/`` a repos
 * ``blobs/``: file contents, content-addressed by sha256 (shared by regular and LFS files);
 * ``commits/``: immutable commit objects (parents, the full tree ``path -> file entry``, message,
   author, time), named by the sha1 of their canonical JSON;
+* ``changes/``: per commit, the commit that last changed each of its files and directories,
+  recorded when the commit is made so listings with ``expand`` never walk the history;
 * ``refs.json``: branches and tags; ``repo.json``: visibility and creation metadata;
 * ``tmp/``: uploads in progress, on the same filesystem so finished ones are renamed into place.
 
-A commit is made visible in three durable steps: blobs, then the commit object, then the ref
-update (write to a temporary file, fsync, ``os.replace``). A process killed at any point leaves
-the previous revision as the visible one. The only leftovers are ``tmp/`` files, which
-:meth:`HubStorage.recover` removes on the next start, and unreferenced blobs, which are kept:
-content-addressed, they are harmless, and a client retrying the commit reuses them.
+A commit is made visible in three durable steps: blobs, then the commit object and its
+``changes/`` record, then the ref update (write to a temporary file, fsync, ``os.replace``). A
+process killed at any point leaves the previous revision as the visible one. The only leftovers
+are ``tmp/`` files, which :meth:`HubStorage.recover` removes on the next start, and unreferenced
+blobs, which are kept: content-addressed, they are harmless, and a client retrying the commit
+reuses them.
 
 One process owns a root at a time (the server takes a file lock); inside it, writes to one
-repository are serialised by a per-repository lock.
+repository are serialised by a per-repository lock. A repository deleted and created again under
+the same name is a new instance (``repo.json``'s ``uid``): a write that began on the old one is
+refused rather than applied to the new one.
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from pathlib import Path, PureWindowsPath
+from typing import Any, Generic, Iterable, Iterator, Mapping, TypeVar
 
 from alignsmith.files import atomic_write, atomic_write_json, fsync_dir
 
@@ -48,6 +53,7 @@ LFS_SUFFIXES = tuple("""
     .jpeg .gif .webp .bmp .tif .tiff .wav .mp3 .flac .ogg .mp4 .avi .mkv
     """.split())
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
+MAX_PATH_SEGMENT_BYTES = 255  # NAME_MAX: a longer file or folder name cannot be created on download
 
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -196,6 +202,15 @@ class Commit:
 
 
 @dataclass(frozen=True)
+class CommitSummary:
+    """What a listing with ``expand`` shows of the commit that last changed a path."""
+
+    id: str
+    title: str
+    date: str
+
+
+@dataclass(frozen=True)
 class TreeItem:
     """A file or a directory in a listing; directories carry a content hash as their oid."""
 
@@ -256,14 +271,26 @@ def should_use_lfs(path: str, size: int, sample: bytes) -> bool:
 
 
 def validate_path(path: str) -> str:
-    """Reject repository paths that could escape the tree or confuse git clients."""
+    """Reject repository paths that could escape the tree or that clients refuse to download.
+
+    huggingface_hub refuses to download, on every platform, a name with a ``..`` segment (split on
+    ``/`` or ``\\``) or with a segment Windows reads as a drive or root (``C:``, ``\\server``); one
+    such file makes the whole repository un-downloadable, so it is refused when it is written.
+    """
     if not path or path.startswith("/") or path.endswith("/"):
         raise BadRequestError(f"path {path!r} must be relative and name a file")
+    if "\\" in path:
+        raise BadRequestError(f"path {path!r} contains a backslash: separate folders with '/'")
     parts = path.split("/")
     if any(part in ("", ".", "..") for part in parts):
         raise BadRequestError(f"path {path!r} contains an empty, '.' or '..' segment")
     if parts[0] == ".git":
         raise BadRequestError(f"path {path!r}: '.git' is reserved")
+    drive = next((part for part in parts if PureWindowsPath(part).drive), None)
+    if drive is not None:
+        raise BadRequestError(f"path {path!r}: {drive!r} reads as a Windows drive, which clients refuse to download")
+    if any(len(part.encode()) > MAX_PATH_SEGMENT_BYTES for part in parts):
+        raise BadRequestError(f"path {path!r} has a file or folder name over {MAX_PATH_SEGMENT_BYTES} bytes")
     if len(path.encode()) > 1024 or any(ord(c) < 32 for c in path):
         raise BadRequestError(f"path {path!r} is too long or contains control characters")
     return path
@@ -299,24 +326,28 @@ def _read_json(path: Path) -> Any:
         return json.load(f)
 
 
-class _CommitCache:
-    """Commits are immutable, so parsed ones are kept (bounded) across requests."""
+_V = TypeVar("_V")
 
-    def __init__(self, size: int = 512) -> None:
-        self._items: OrderedDict[tuple[str, str], Commit] = OrderedDict()
+
+class _BoundedCache(Generic[_V]):
+    """Commits and what is derived from them are immutable, so parsed ones are kept (bounded, by
+    ``(repo uid, commit id)``) across requests."""
+
+    def __init__(self, size: int) -> None:
+        self._items: OrderedDict[tuple[str, str], _V] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, str]) -> Commit | None:
+    def get(self, key: tuple[str, str]) -> _V | None:
         with self._lock:
-            commit = self._items.get(key)
-            if commit is not None:
+            value = self._items.get(key)
+            if value is not None:
                 self._items.move_to_end(key)
-            return commit
+            return value
 
-    def put(self, key: tuple[str, str], commit: Commit) -> None:
+    def put(self, key: tuple[str, str], value: _V) -> None:
         with self._lock:
-            self._items[key] = commit
+            self._items[key] = value
             self._items.move_to_end(key)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
@@ -332,7 +363,8 @@ class HubStorage:
         self.repos_dir.mkdir(parents=True, exist_ok=True)
         self._locks: dict[RepoRef, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._commits = _CommitCache()
+        self._commits: _BoundedCache[Commit] = _BoundedCache(512)
+        self._changes: _BoundedCache[Mapping[str, CommitSummary]] = _BoundedCache(64)
         self._unsynced_blobs = False
         self._sync_lock = threading.Lock()
 
@@ -377,7 +409,8 @@ class HubStorage:
                 atomic_write_json(staging / "repo.json", self._meta_json(meta))
                 gitattributes = "".join(f"*{s} filter=lfs diff=lfs merge=lfs -text\n" for s in LFS_SUFFIXES).encode()
                 entry = self._store_small_blob(staging, gitattributes)
-                commit = self._write_commit(staging, (), {".gitattributes": entry}, "initial commit", "", author)
+                tree = {".gitattributes": entry}
+                commit = self._write_commit(staging, meta.uid, None, {}, tree, "initial commit", "", author)
                 atomic_write_json(staging / "refs.json", Refs(branches={DEFAULT_BRANCH: commit.id}).to_json())
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(staging, final)  # the whole repository appears at once
@@ -405,6 +438,20 @@ class HubStorage:
         except FileNotFoundError:
             raise RepoNotFoundError(f"Repository not found: {ref}") from None
         return RepoMeta(ref, bool(data["private"]), data["created_at"], data["uid"], data.get("sdk"))
+
+    def _instance(self, ref: RepoRef, expected: str | None = None) -> str:
+        """The uid of the repository's current instance.
+
+        With ``expected`` (the instance a write began on), a repository deleted since is a 404 and
+        one deleted and created again a 409: the write must not land in, or refer to, another instance.
+        """
+        uid = self.repo_meta(ref).uid
+        if expected is not None and uid != expected:
+            raise ConflictError(
+                f"{ref} was deleted and created again while this request was in progress; "
+                "nothing was changed: start over against the new repository"
+            )
+        return uid
 
     def set_private(self, ref: RepoRef, private: bool) -> None:
         with self._lock(ref):
@@ -543,18 +590,66 @@ class HubStorage:
     def _write_commit(
         self,
         repo_dir: Path,
-        parents: tuple[str, ...],
+        uid: str,
+        parent: Commit | None,
+        parent_changes: Mapping[str, CommitSummary],
         tree: Mapping[str, FileEntry],
         title: str,
         message: str,
         author: str,
     ) -> Commit:
+        """Write a commit on top of ``parent`` and, from the parent's, the record of its last changes."""
         self._flush_blobs()
+        parents = (parent.id,) if parent is not None else ()
         draft = Commit("", parents, dict(tree), title, message, author, utc_now())
         body = json.dumps(draft.payload(), sort_keys=True, separators=(",", ":")).encode()
         sha = hashlib.sha1(body).hexdigest()
+        commit = Commit(sha, parents, draft.tree, title, message, author, draft.date)
         atomic_write(repo_dir / "commits" / sha[:2] / f"{sha[2:]}.json", body)
-        return Commit(sha, parents, draft.tree, title, message, author, draft.date)
+        changes = _next_changes(commit, parent, parent_changes)
+        ids = {summary.id: summary for summary in changes.values()}
+        record = {
+            "commits": {i: {"title": c.title, "date": c.date} for i, c in ids.items()},
+            "paths": {path: summary.id for path, summary in changes.items()},
+        }
+        atomic_write(self._changes_path(repo_dir, sha), json.dumps(record, separators=(",", ":")))
+        # The next commit starts from this one: keep what it will need parsed.
+        self._commits.put((uid, sha), commit)
+        self._changes.put((uid, sha), changes)
+        return commit
+
+    @staticmethod
+    def _changes_path(repo_dir: Path, sha: str) -> Path:
+        return repo_dir / "changes" / sha[:2] / f"{sha[2:]}.json"
+
+    def last_changes(self, ref: RepoRef, commit: Commit) -> Mapping[str, CommitSummary]:
+        """For every file and directory of ``commit``, the newest commit (first parents) that changed it.
+
+        Read from the record written with the commit, so its cost does not grow with the history.
+        Commits stored before records existed get theirs derived once from the nearest recorded
+        ancestor (or the first commit).
+        """
+        uid = self.repo_meta(ref).uid
+        unrecorded: list[Commit] = []
+        current = commit
+        while (changes := self._changes.get((uid, current.id)) or self._read_changes(ref, current.id)) is None:
+            unrecorded.append(current)
+            if not current.parents:
+                break
+            current = self.commit(ref, current.parents[0])
+        parent = current if changes is not None else None
+        for newer in reversed(unrecorded):
+            changes, parent = _next_changes(newer, parent, changes or {}), newer
+        self._changes.put((uid, commit.id), changes)
+        return changes
+
+    def _read_changes(self, ref: RepoRef, sha: str) -> dict[str, CommitSummary] | None:
+        try:
+            record = _read_json(self._changes_path(self._dir(ref), sha))
+        except FileNotFoundError:
+            return None
+        summaries = {i: CommitSummary(i, c["title"], c["date"]) for i, c in record["commits"].items()}
+        return {path: summaries[i] for path, i in record["paths"].items()}
 
     def apply_commit(
         self,
@@ -566,14 +661,18 @@ class HubStorage:
         message: str,
         author: str,
         parent_commit: str | None,
+        repo_uid: str | None = None,
     ) -> Commit:
         """Apply ``operations`` on top of ``branch`` and move the branch, all or nothing.
 
         Blobs referenced by ``AddFile`` must already be stored. With ``parent_commit`` the
         commit is refused (412) unless it is still the branch head, so an update prepared
-        against an older revision never overwrites a newer one.
+        against an older revision never overwrites a newer one. With ``repo_uid`` (the instance
+        the blobs were stored in) it is refused if the repository was replaced meanwhile: its
+        blobs went to the old one, and the new one must not list files it does not hold.
         """
         with self._lock(ref):
+            uid = self._instance(ref, repo_uid)
             refs = self.refs(ref)
             if branch not in refs.branches:
                 if branch in refs.tags or _SHA1.fullmatch(branch):
@@ -585,11 +684,13 @@ class HubStorage:
                     f"A commit has happened since. Please refresh and try again. "
                     f"(parentCommit {parent_commit} is not the head {head} of branch {branch!r} in {ref})"
                 )
-            tree = dict(self.commit(ref, head).tree)
+            parent = self.commit(ref, head)
+            tree = dict(parent.tree)
             for op in operations:
                 _apply_operation(tree, op)
             _check_file_directory_clashes(tree)
-            commit = self._write_commit(self._dir(ref), (head,), tree, title, message, author)
+            changes = self.last_changes(ref, parent)
+            commit = self._write_commit(self._dir(ref), uid, parent, changes, tree, title, message, author)
             refs.branches[branch] = commit.id
             self._write_refs(ref, refs)
             return commit
@@ -649,9 +750,17 @@ class HubStorage:
         """Stream an LFS upload into the store, hashing as it goes; refuse content that does not match.
 
         The bytes land in ``tmp/`` and are renamed into ``blobs/`` only once complete and
-        verified, so an interrupted upload is never mistaken for the object.
+        verified, so an interrupted upload is never mistaken for the object. A repository deleted
+        meanwhile takes ``tmp/`` with it: that is a 404, not an I/O failure.
         """
-        self.repo_meta(ref)
+        uid = self._instance(ref)
+        try:
+            self._receive_blob(ref, chunks, sha256, size)
+        except FileNotFoundError:
+            self._instance(ref, uid)
+            raise
+
+    def _receive_blob(self, ref: RepoRef, chunks: Iterable[bytes], sha256: str, size: int) -> None:
         tmp_dir = self._dir(ref) / "tmp"
         tmp_dir.mkdir(exist_ok=True)
         hasher = hashlib.sha256()
@@ -674,7 +783,7 @@ class HubStorage:
                     f"upload does not match its oid: expected sha256:{sha256}, got sha256:{hasher.hexdigest()}"
                 )
             final = self.blob_path(ref, sha256)
-            final.parent.mkdir(parents=True, exist_ok=True)
+            final.parent.mkdir(exist_ok=True)  # not parents: a deleted repository must stay deleted
             os.replace(tmp, final)
             fsync_dir(final.parent)
         finally:
@@ -715,16 +824,17 @@ class HubStorage:
         oid = commit.directory_oids.get(path)
         return TreeItem(path, oid) if oid is not None else None
 
-    def last_change(self, ref: RepoRef, commit: Commit, path: str) -> Commit:
-        """The newest commit (following first parents) that changed ``path``."""
-        current = commit
-        oid = current.item_oid(path)
-        while current.parents:
-            parent = self.commit(ref, current.parents[0])
-            if parent.item_oid(path) != oid:
-                break
-            current = parent
-        return current
+
+def _next_changes(
+    commit: Commit, parent: Commit | None, parent_changes: Mapping[str, CommitSummary]
+) -> dict[str, CommitSummary]:
+    """Each item of ``commit`` keeps its parent's last change unless ``commit`` changed its oid."""
+    own = CommitSummary(commit.id, commit.title, commit.date)
+    items = {**{path: entry.oid for path, entry in commit.tree.items()}, **commit.directory_oids}
+    return {
+        path: parent_changes[path] if parent is not None and parent.item_oid(path) == oid else own
+        for path, oid in items.items()
+    }
 
 
 def _apply_operation(tree: dict[str, FileEntry], op: Operation) -> None:

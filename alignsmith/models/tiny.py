@@ -31,6 +31,8 @@ from transformers import (
     Qwen2Config,
 )
 
+from alignsmith.cards import RANDOM_WEIGHTS_MARKER, RANDOM_WEIGHTS_TAG
+
 PAD, BOS, EOS, UNK = "<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|tool|>")
 END_OF_TURN = "<|end|>"
@@ -136,6 +138,11 @@ ARCHITECTURES: dict[str, type[PretrainedConfig]] = {
 }
 
 
+# Saved in config.json (and kept by models trained from it), so every dataset card built with a tiny model
+# warns that its numbers are meaningless (see alignsmith.publish.random_weight_refs).
+_RANDOM_WEIGHTS = {RANDOM_WEIGHTS_MARKER: True}
+
+
 def _seeded_init(seed: int, build: Callable[[], PreTrainedModel]) -> PreTrainedModel:
     """Initialise weights from `seed` without disturbing the caller's global RNG state."""
     with torch.random.fork_rng(devices=[]):
@@ -180,6 +187,7 @@ def build_causal_lm(
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
+        **_RANDOM_WEIGHTS,
     )
     model = _seeded_init(seed, lambda: AutoModelForCausalLM.from_config(config))
     model.generation_config = GenerationConfig(
@@ -222,6 +230,7 @@ def build_sentence_transformer(
         intermediate_size=2 * hidden_size,
         max_position_embeddings=max_position_embeddings,
         pad_token_id=tok.pad_token_id,
+        **_RANDOM_WEIGHTS,
     )
     encoder = _seeded_init(seed, lambda: BertModel(config))
     out = Path(out_dir)
@@ -275,7 +284,7 @@ def _publish(folder: Path, args: argparse.Namespace) -> None:
         summary="A randomly initialised tiny model built by `alignsmith models tiny`. It exists to exercise "
         "pipelines offline; its outputs (scores, generations) are meaningless.",
         license="apache-2.0",
-        tags=["tiny", "random-weights"],
+        tags=["tiny", RANDOM_WEIGHTS_TAG],
     )
     library = "sentence-transformers" if args.kind == "sentence_transformer" else "transformers"
     pipeline = "sentence-similarity" if args.kind == "sentence_transformer" else "text-generation"

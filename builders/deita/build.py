@@ -31,12 +31,13 @@ def load_pool(recipe: DeitaRecipe) -> Pool:
     loaded = load_source(recipe.pool)
     converted = loaded.to_records("conversation", on_invalid=recipe.on_invalid, require_assistant=True)
     summary = converted.summary()
-    log.info("pool %s: %d rows, %d valid, %d rejected %s", loaded.name, summary["total"], summary["converted"],
-             summary["rejected"], summary["rejected_by_reason"] or "")
+    log.info("read the pool, %s: %d rows, %d valid, %d rejected %s", recipe.pool.describe(), summary["total"],
+             summary["converted"], summary["rejected"], summary["rejected_by_reason"] or "")
     if not converted.records:
+        first = "; ".join(converted.first_rejections())
         raise SourceError(f"pool {recipe.pool.describe()}: none of its {summary['total']} rows is a valid conversation "
-                          f"with an assistant reply (rejected: {summary['rejected_by_reason'] or 'none'}); "
-                          "nothing to score")
+                          f"with an assistant reply (rejected: {summary['rejected_by_reason'] or 'none'}"
+                          f"{'; first: ' + first if first else ''}); nothing to score")
     return Pool(loaded, converted.records, converted.rejected, loaded.artifact_ref("pool"))
 
 

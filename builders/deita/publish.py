@@ -19,7 +19,27 @@ from builders.deita.recipe import DeitaRecipe
 from builders.deita.results import FinishedBuild, Pool
 from builders.deita.strategies import StrategyResult
 
-RECORD_COLUMNS = ("id", "source", "messages", "images")
+RECORD_COLUMNS = ("id", "source", "messages", "images", "tools", "metadata")  # the last two are optional
+
+# What each config holds; the card lists only those published (an empty `rejected` is not).
+CONFIG_DESCRIPTIONS = {
+    "selected": "the chosen rows in selection order, with `rank` and the similarity to the nearest row selected "
+    "before each.",
+    "scored": "every pool row with per-turn `complexity_scores` and `quality_scores`, truncation flags, "
+    "`final_score` and the selection decision (`selected`, `too_similar`, `not_scanned`, ...).",
+    "rejected": "every pool row that could not be converted or scored, with the record id, field and reason, and "
+    "the row itself as JSON.",
+    "embeddings": "the embedding of every scored row, by `id`.",
+}
+
+DEITA_CITATION = """\
+@article{liu2023what,
+  title   = {What Makes Good Data for Alignment? A Comprehensive Study of Automatic Data Selection in Instruction Tuning},
+  author  = {Liu, Wei and Zeng, Weihao and He, Keqing and Jiang, Yong and He, Junxian},
+  journal = {arXiv preprint arXiv:2312.15685},
+  year    = {2023},
+  url     = {https://arxiv.org/abs/2312.15685}
+}"""
 
 
 def _features(extra: dict[str, Any]):
@@ -112,7 +132,7 @@ def publish_build(build: FinishedBuild) -> Release:
     decisions = _decisions(result, len(valid), ids)
     scored_rows = []
     for k, i in enumerate(valid):
-        row = {c: records[i][c] for c in RECORD_COLUMNS}
+        row = {c: records[i].get(c) for c in RECORD_COLUMNS}
         row.update(
             complexity_scores=merged.complexity[i], quality_scores=merged.quality[i],
             complexity_truncated=merged.complexity_truncated[i], quality_truncated=merged.quality_truncated[i],
@@ -189,7 +209,7 @@ def _card_content(build: FinishedBuild, final: np.ndarray) -> CardContent:
     return CardContent(
         title=f"Deita selection: {recipe.output.repo_id}",
         summary=(
-            f"{len(selected)} rows selected from {len(valid)} scored rows of `{pool.ref.repo_id}` with the "
+            f"{len(selected)} rows selected from {len(valid)} scored rows of `{pool.ref.portable().repo_id}` with the "
             f"`{recipe.selection.strategy}` strategy (Deita: score-first, diversity-aware greedy selection; "
             f"a candidate is rejected when its cosine similarity to an already selected row is above "
             f"{recipe.selection.max_similarity})."
@@ -198,14 +218,7 @@ def _card_content(build: FinishedBuild, final: np.ndarray) -> CardContent:
         tags=["deita", "data-selection", "instruction-tuning"],
         statistics=stats,
         figures=figures,
-        extra_sections={"Configs": (
-            "- `selected`: the chosen rows in selection order, with `rank` and the similarity to the nearest row "
-            "selected before each.\n"
-            "- `scored`: every pool row with per-turn `complexity_scores` and `quality_scores`, truncation flags, "
-            "`final_score` and the selection decision (`selected`, `too_similar`, `not_scanned`, ...).\n"
-            "- `rejected`: every pool row that could not be converted or scored, with the record id, field and "
-            "reason, and the row itself as JSON.\n"
-            "- `embeddings` (when published): the embedding of every scored row, by `id`."
-        )},
+        config_descriptions=CONFIG_DESCRIPTIONS,
+        citation=DEITA_CITATION,
         metadata={"task_categories": ["text-generation"]},
     )

@@ -17,7 +17,10 @@ SCORE_DIGITS = "123456"  # a Deita scorer answers with one of these digits
 
 @dataclass(kw_only=True)
 class ScorerSpec:
-    model: str = help_text("Scorer repo id or local path (e.g. hkust-nlp/deita-complexity-scorer).")
+    model: str = help_text(
+        "Scorer repo id or local path: hkust-nlp/deita-complexity-scorer as complexity_scorer, "
+        "hkust-nlp/deita-quality-scorer as quality_scorer."
+    )
     revision: str | None = help_text("Model revision (tag, branch or sha).", default=None)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = help_text("'auto': bf16 on GPU, fp32 on CPU.", default="auto")
     batch_size: int = help_text("Prompts per forward pass (length-sorted).", default=16, minimum=1)

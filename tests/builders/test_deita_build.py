@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import yaml
 from datasets import load_dataset
+from huggingface_hub import hf_hub_download
 
 from alignsmith.cli import main
+from alignsmith.frontmatter import card_metadata
 from alignsmith.lineage import ArtifactRef, read_lineage
 from alignsmith.recipes import build
 from alignsmith.shards import ShardMismatchError
@@ -72,6 +74,15 @@ def load(repo, config, split="train"):
     return load_dataset(repo, config, revision="v1.0.0", split=split)
 
 
+def readme(repo) -> str:
+    return open(hf_hub_download(repo, "README.md", repo_type="dataset", revision="v1.0.0"), encoding="utf-8").read()
+
+
+def listed_configs(card: str) -> list[str]:
+    section = card.split("## Configs\n\n")[1].split("\n\n")[0]
+    return [line.split("`")[1] for line in section.splitlines()]
+
+
 def test_build_publishes_scored_selected_and_lineage(tmp_path, pool, scorer, hub):
     recipe = write_recipe(tmp_path, pool, scorer, hub, "deita-test/full")
     assert main(["build", "deita", "--config", str(recipe)]) == 0
@@ -104,6 +115,16 @@ def test_build_publishes_scored_selected_and_lineage(tmp_path, pool, scorer, hub
         "complexity_scorer": scorer_sha, "quality_scorer": scorer_sha, "embedder": scorer_sha}
     assert lineage.inputs[0].repo_type == "local" and len(lineage.inputs[0].sha) == 64
     assert lineage.recipe["selection"]["budget"] == 12 and lineage.command == "build deita"
+
+    # the card: what a researcher looks for, a warning about the tiny scorer's random weights, no local path
+    card = readme("deita-test/full")
+    meta = card_metadata(card)
+    assert meta["pretty_name"] == "Deita selection: deita-test/full" and meta["size_categories"] == ["n<1K"]
+    assert "language" not in meta and "random-weights" in meta["tags"]
+    assert "> [!WARNING]" in card and "> - complexity_scorer: `deita-test/tiny-scorer`" in card
+    assert "```bibtex\n@article{liu2023what," in card and "arXiv:2312.15685" in card
+    assert listed_configs(card) == ["selected", "scored", "rejected", "embeddings"]
+    assert str(pool.parent) not in card and str(tmp_path) not in card and "pool.jsonl" in card
 
     # a published tag is never moved
     assert main(["build", "deita", "--config", str(recipe)]) == 1
@@ -186,7 +207,7 @@ def test_missing_models_and_pools_are_named_not_traced(tmp_path, pool, scorer, h
 @pytest.mark.parametrize("strategy", ["ifd", "random", "response_length"])
 def test_baseline_strategies_publish_their_selection(tmp_path, pool, scorer, hub, strategy):
     repo = f"deita-test/{strategy.replace('_', '-')}"
-    recipe = write_recipe(tmp_path, pool, scorer, hub, repo, difficulty_model=scorer,
+    recipe = write_recipe(tmp_path, pool, scorer, hub, repo, difficulty_model=scorer, publish_embeddings=False,
                           selection={"strategy": strategy, "budget": 5, "seed": 1})
     assert main(["build", "deita", "--config", str(recipe)]) == 0
     scored, selected = load(repo, "scored"), load(repo, "selected")
@@ -202,6 +223,7 @@ def test_baseline_strategies_publish_their_selection(tmp_path, pool, scorer, hub
         assert lengths == sorted(lengths, reverse=True)
     lineage, _ = read_lineage(repo, "dataset", "v1.0.0")
     assert "difficulty_model" in {m.role for m in lineage.models}
+    assert listed_configs(readme(repo)) == ["selected", "scored", "rejected"]  # only what was published
 
 
 def test_other_conversations_under_the_same_ids_and_pool_sha_do_not_reuse_shards(tmp_path):
@@ -231,3 +253,15 @@ def test_a_pool_without_one_valid_row_is_a_clear_error(tmp_path, scorer, hub, ca
     assert main(["build", "deita", "--config", str(recipe)]) == 1
     err = capsys.readouterr().err
     assert "none of its 1 rows is a valid conversation" in err and "no_assistant" in err and "Traceback" not in err
+    # the first reasons in full, not only their codes
+    assert "first: record 'only' (row 0), field 'conversations': no assistant message" in err
+
+
+def test_the_pool_log_line_names_the_pool_once(tmp_path, pool, scorer, hub, caplog):
+    from builders.deita.build import load_pool
+
+    recipe = build(DeitaRecipe, yaml.safe_load(write_recipe(tmp_path, pool, scorer, hub, "deita-test/log").read_text()))
+    with caplog.at_level("INFO", logger="builders.deita.build"):
+        load_pool(recipe)
+    (line,) = [r.getMessage() for r in caplog.records if "rows" in r.getMessage()]
+    assert line.startswith(f"read the pool, dataset {str(pool)!r} (split 'train'): {POOL_ROWS + 1} rows")

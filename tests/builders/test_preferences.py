@@ -6,8 +6,10 @@ import json
 
 import pytest
 from datasets import load_dataset
+from huggingface_hub import hf_hub_download
 
 from alignsmith.cards import CardContent
+from alignsmith.frontmatter import card_metadata
 from alignsmith.lineage import Lineage, read_lineage
 from alignsmith.publish import publish_dataset
 from alignsmith.recipes import OutputRepo, RecipeError, build, to_dict
@@ -101,6 +103,16 @@ def test_ids_stay_unique_across_entries_that_read_the_same_folder(hub, tmp_path)
     rejected = load_dataset(release.repo_id, "rejected", revision="v1", split="train")
     assert sorted(rejected["id"]) == ["trl-2", "trl-3"] and set(rejected["code"]) == {"duplicate_id"}
     assert all("data.datasets[0]" in reason for reason in rejected["reason"])
+
+    card = open(hf_hub_download(release.repo_id, "README.md", repo_type="dataset", revision="v1")).read()
+    assert str(tmp_path) not in card  # neither in the statistics, the lineage nor the recipe
+    assert "| data.datasets[1] (pairs): pairs used | 2 of 2 valid (2 rejected) |" in card
+    assert card_metadata(card)["alignsmith"]["recipe"]["data"]["datasets"][0]["path"] == "pairs"
+    configs = card.split("## Configs\n\n")[1].split("\n\n")[0].splitlines()
+    assert configs == ["- `default` (train: 6 rows): the mixed, shuffled pairs; `test`, when there is one, holds out "
+                       "`data.eval_size` of them.",
+                       "- `rejected` (train: 2 rows): every row that is not a valid pair, with the `data.datasets` "
+                       "entry it came from, the record id, field and reason."]
 
 
 @pytest.mark.parametrize(("eval_size", "held_out"), [(0.25, 3), (4, 4), (0.95, None), (10, None)])

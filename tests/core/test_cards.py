@@ -8,7 +8,7 @@ import pytest
 import yaml
 from huggingface_hub import DatasetCard, EvalResult, HfApi, ModelCard
 
-from alignsmith.cards import CardContent, model_card
+from alignsmith.cards import CardContent, dataset_card, model_card, size_category
 from alignsmith.frontmatter import card_metadata
 from alignsmith.lineage import LINEAGE_KEY, ArtifactRef, Lineage
 from alignsmith.publish import publish_dataset, publish_folder
@@ -97,3 +97,55 @@ def test_the_embedded_hub_reports_card_data_only_for_a_metadata_block(hub):
 
     assert validate("# No metadata\n") == 200 and validate("---\nlicense: mit\n---\n") == 200
     assert validate("---\n- a list\n---\n") == 400 and validate("---\nlicense: [unclosed\n---\n") == 400
+
+
+def _configs(**rows: int) -> dict[str, dict[str, datasets.Dataset]]:
+    return {name: {"train": datasets.Dataset.from_dict({"id": [str(i) for i in range(n)]})} for name, n in rows.items()}
+
+
+def test_a_dataset_card_has_the_metadata_and_citation_a_researcher_looks_for():
+    content = CardContent(title="Deita 6k", summary="s", citation="@article{liu2023what,\n  title = {What}\n}",
+                          config_descriptions={"selected": "the chosen rows.", "embeddings": "never published here."})
+    text = dataset_card("o/d", _configs(selected=1200, scored=40_000), content, LINEAGE, default_config="selected",
+                        language=["en"])
+    meta = DatasetCard(text).data
+    assert (meta.pretty_name, meta.language, meta.size_categories) == ("Deita 6k", ["en"], ["1K<n<10K"])
+    assert "## Citation\n\n```bibtex\n@article{liu2023what," in text
+    configs = text.split("## Configs\n\n")[1].split("\n\n")[0].splitlines()
+    assert configs == ["- `selected` (train: 1200 rows): the chosen rows.", "- `scored` (train: 40000 rows)"]
+    assert "language" not in card_metadata(dataset_card("o/d", _configs(x=1), content, LINEAGE))  # never guessed
+
+
+@pytest.mark.parametrize(("rows", "bucket"), [(0, "n<1K"), (999, "n<1K"), (1000, "1K<n<10K"), (99_999, "10K<n<100K"),
+                                              (2_500_000, "1M<n<10M"), (10**12 - 1, "100B<n<1T"), (10**12, "n>1T")])
+def test_size_categories_are_the_hubs_buckets(rows, bucket):
+    assert size_category(rows) == bucket
+
+
+def test_a_dataset_card_names_local_inputs_and_recipe_paths_by_name_and_sha_only():
+    pool, scorer = ArtifactRef("pool", "/home/me/data/pool.jsonl", "local", None, "c" * 64), \
+        ArtifactRef("scorer", "/home/me/models/tiny", "local", None, "d" * 64)
+    recipe = {"pool": {"path": "/home/me/data/pool.jsonl"}, "scorer": {"model": "~/models/tiny"},
+              "work_dir": "runs/deita", "hub": "http://127.0.0.1:8000", "stages": [{"output_dir": "/scratch/me/sft"}]}
+    lineage = Lineage(command="build x", recipe=recipe, inputs=[pool], models=[scorer])
+    text = dataset_card("o/d", _configs(x=1), CardContent(title="t", summary="s"), lineage, random_weights=[scorer])
+
+    assert "/home/me" not in text and "~/" not in text and "/scratch" not in text
+    written = Lineage.from_metadata(card_metadata(text)[LINEAGE_KEY])
+    assert [(r.repo_id, r.sha) for r in written.inputs + written.models] == [("pool.jsonl", "c" * 64),
+                                                                              ("tiny", "d" * 64)]
+    assert written.recipe == {"pool": {"path": "pool.jsonl"}, "scorer": {"model": "tiny"}, "work_dir": "runs/deita",
+                              "hub": "http://127.0.0.1:8000", "stages": [{"output_dir": "sft"}]}
+    assert lineage.inputs[0].repo_id == "/home/me/data/pool.jsonl"  # in memory it stays loadable
+
+
+def test_a_dataset_card_made_with_random_weights_says_so_in_its_tags_and_first_lines():
+    ref = ArtifactRef("complexity_scorer", "org/tiny-scorer", "model", None, "b" * 40)
+    text = dataset_card("o/d", _configs(x=1), CardContent(title="T", summary="s", tags=["demo"]), LINEAGE,
+                        random_weights=[ref])
+    card = DatasetCard(text)
+    assert card.data.tags == ["alignsmith", "demo", "random-weights"]
+    assert card.text.startswith("\n# T\n\n> [!WARNING]\n> Built with models that have **random weights**")
+    assert "> - complexity_scorer: `org/tiny-scorer`" in card.text
+    plain = DatasetCard(dataset_card("o/d", _configs(x=1), CardContent(title="T", summary="s"), LINEAGE))
+    assert "random-weights" not in plain.data.tags and "[!WARNING]" not in plain.text

@@ -1,5 +1,6 @@
 """The CLI as a user meets it: help everywhere, clear errors, and `build convert` end to end."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from datasets import load_dataset
+from huggingface_hub import hf_hub_download
 
 from alignsmith.cli import command_groups, main
 from alignsmith.lineage import read_lineage
@@ -112,3 +114,27 @@ def test_bundled_preferences_convert_to_trl_pairs(tmp_path, hub):
     row = prefs[0]
     assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
     assert row["chosen"] != row["rejected"]
+
+
+def test_data_convert_carries_tools_and_extra_columns_and_lists_them_in_the_card(tmp_path, hub):
+    pool = tmp_path / "pool.jsonl"
+    rows = [json.loads(line) for line in (FIXTURES / "sharegpt_tools.jsonl").read_text().splitlines()]
+    pool.write_text("".join(json.dumps({**row, "example_input": "x"}) + "\n" for row in rows), encoding="utf-8")
+    recipe = convert_recipe(tmp_path, hub, pool, "sharegpt", "cli-test/tools")
+    assert main(["build", "convert", "--config", str(recipe)]) == 0
+    records = load_dataset("cli-test/tools", "default", revision="v1", split="train")
+    assert records[0]["tools"][0]["function"]["name"] == "convert_currency"
+    assert [json.loads(m) for m in records["metadata"]] == [{"example_input": "x"}] * 2
+    card = open(hf_hub_download("cli-test/tools", "README.md", repo_type="dataset", revision="v1"), encoding="utf-8")
+    assert "column carried in metadata: example_input" in card.read()
+
+
+def test_data_convert_with_extra_columns_error_names_them_and_the_key(tmp_path, hub, capsys):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(json.dumps({"instruction": "Q", "output": "A", "example_input": "x"}) + "\n", encoding="utf-8")
+    recipe = tmp_path / "convert.yaml"
+    recipe.write_text(yaml.safe_dump({"hub": hub.url, "source": {"path": str(pool), "extra_columns": "error"},
+                                      "output": {"repo_id": "cli-test/never", "tag": "v1"}}))
+    assert main(["build", "convert", "--config", str(recipe)]) == 1
+    err = capsys.readouterr().err
+    assert "['example_input'] are not read by the 'alpaca' format" in err and "extra_columns: drop" in err

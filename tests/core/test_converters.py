@@ -7,7 +7,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from alignsmith.converters import FORMATS, convert_row, convert_rows, detect_format
+from alignsmith.converters import FORMATS, ExtraColumnsError, convert_row, convert_rows, detect_format
 from alignsmith.records import RecordError
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "formats"
@@ -241,10 +241,11 @@ def test_fastchat_questions_become_prompt_only_conversations():
             msg("user", "Rewrite your previous response. Start every sentence with the letter A."),
         ],
         "images": [],
+        "metadata": '{"category": "writing"}',
     }
     assert records["1"]["messages"] == [msg("user", "How can I improve my time management skills?")]
-    # nothing is dropped silently: unread columns are counted
-    assert result.summary()["unused_columns"] == {"category": 5, "reference": 1}
+    # nothing is dropped silently: unread columns are carried in metadata and counted
+    assert result.summary()["carried_columns"] == {"category": 5, "reference": 1}
     # a training pool needs replies, so the same rows are rejected there
     strict = convert_rows(rows, kind="conversation", source="fastchat", on_invalid="reject")
     assert {r["code"] for r in strict.rejected} == {"no_assistant"}
@@ -500,5 +501,114 @@ def test_unused_columns_are_counted_for_converted_rows():
         "rejected": 0,
         "rejected_by_reason": {},
         "formats": {"sharegpt": 5, "alpaca": 4},
-        "unused_columns": {"tools": 1, "category": 1},
+        "carried_columns": {"category": 1},  # tools are a record field now
+        "dropped_columns": {},
     }
+
+
+def test_tool_schemas_become_trl_tools_from_a_json_string_or_a_list():
+    records = convert_fixture("sharegpt_tools.jsonl")
+    # Glaive's bare schema is wrapped the way transformers' chat templates read tools
+    assert records["glaive-string"]["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "convert_currency",
+                "description": "Convert an amount",
+                "parameters": {"type": "object", "properties": {"amount": {"type": "number"}}, "required": ["amount"]},
+            },
+        }
+    ]
+    assert records["glaive-list"]["tools"] == [
+        {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+    ]
+    assert "metadata" not in records["glaive-list"]  # nothing else to carry
+    assert convert_fixture("sharegpt.jsonl")["sg-llamafactory-tools"]["tools"] == [
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"city": "string"}}}
+    ]
+
+
+@pytest.mark.parametrize(
+    "tools, field, code",
+    [("[{", "tools", "malformed"), ({"name": "f"}, "tools", "wrong_type"), (["f"], "tools[0]", "wrong_type"),
+     ([{"description": "no name"}], "tools[0]", "malformed")],
+)
+def test_bad_tool_schemas_are_rejected_naming_the_field(tools, field, code):
+    row = {"id": "t", "tools": tools, "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}
+    with pytest.raises(RecordError) as info:
+        convert_row(row, kind="conversation", source="s")
+    assert (info.value.field, info.value.code) == (field, code)
+
+
+ALPACA_EXTRA = {"instruction": "Add.", "input": "2 and 3", "output": "5", "example_input": "1 and 1", "level": 2}
+
+
+def test_extra_columns_are_carried_in_metadata_by_default():
+    result = convert_rows([ALPACA_EXTRA], kind="conversation", source="pool")
+    (record,) = result.records
+    assert json.loads(record["metadata"]) == {"example_input": "1 and 1", "level": 2}
+    assert result.carried_columns == {"example_input": 1, "level": 1} and not result.dropped_columns
+    # alignsmith's own metadata column is the base, so a re-conversion keeps it as it is
+    again = convert_row({**record, "stars": 5}, kind="conversation", source="other")
+    assert json.loads(again["metadata"]) == {"example_input": "1 and 1", "level": 2, "stars": 5}
+    assert convert_row(record, kind="conversation", source="other") == record
+    with pytest.raises(RecordError, match=r"key\(s\) \['level'\] are also columns"):
+        convert_row({**record, "level": 3}, kind="conversation", source="other")
+
+
+def test_extra_columns_dropped_on_request_are_reported():
+    result = convert_rows([ALPACA_EXTRA], kind="conversation", source="pool", extra_columns="drop")
+    assert "metadata" not in result.records[0]
+    assert result.dropped_columns == {"example_input": 1, "level": 1} and not result.carried_columns
+    assert result.summary()["dropped_columns"] == {"example_input": 1, "level": 1}
+
+
+@pytest.mark.parametrize("on_invalid", ["error", "reject"])
+def test_extra_columns_error_stops_the_run_naming_the_columns_and_the_key(on_invalid):
+    rows = [{"instruction": "Q", "output": "A"}, ALPACA_EXTRA]
+    with pytest.raises(ExtraColumnsError) as info:
+        convert_rows(rows, kind="conversation", source="pool", on_invalid=on_invalid, extra_columns="error")
+    message = str(info.value)
+    assert message.startswith("record 'pool-1' (row 1): column(s) ['example_input', 'level'] are not read by")
+    assert "extra_columns: carry" in message and "extra_columns: drop" in message
+
+
+def test_llamafactory_typed_content_and_loss_weights():
+    (record,) = convert_fixture("llamafactory_typed.jsonl").values()
+    assert record["messages"] == [
+        msg("user", "Say hi."),
+        {"role": "assistant", "content": "Hi.", "loss_weight": 0.0},  # an untrained turn
+        msg("user", "Again, louder."),
+        {"role": "assistant", "content": "HI!", "loss_weight": 1.0},
+    ]
+    sharegpt = convert_row(
+        {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b", "loss_weight": 0}]},
+        kind="conversation",
+        source="s",
+    )
+    assert sharegpt["messages"][1] == {"role": "assistant", "content": "b", "loss_weight": 0.0}
+
+
+@pytest.mark.parametrize(
+    "message, field, code",
+    [
+        ({"role": "user", "content": [{"type": "text", "text": "a", "value": "b"}]}, "messages[0].content[0]", "malformed"),
+        ({"role": "user", "content": [{"type": "text"}]}, "messages[0].content[0]", "malformed"),
+        ({"role": "user", "content": [{"type": "text", "value": 3}]}, "messages[0].content[0].value", "wrong_type"),
+        ({"role": "user", "content": "a", "loss_weight": "high"}, "messages[0].loss_weight", "wrong_type"),
+        ({"role": "user", "content": "a", "loss_weight": -1}, "messages[0].loss_weight", "malformed"),
+    ],
+)
+def test_bad_typed_content_and_loss_weights_name_the_field(message, field, code):
+    row = {"id": "m", "messages": [message, {"role": "assistant", "content": "b"}]}
+    with pytest.raises(RecordError) as info:
+        convert_row(row, kind="conversation", source="s")
+    assert (info.value.field, info.value.code) == (field, code)
+
+
+def test_first_rejections_are_spelled_out_in_full():
+    rows = read_rows("sharegpt_broken.jsonl")
+    result = convert_rows(rows, kind="conversation", source="sg", on_invalid="reject", image_root=FIXTURES)
+    first = result.first_rejections(2)
+    assert len(first) == 2 and first[0].startswith("record 'sg-empty' (row 0)")
+    assert first[0].endswith(result.rejected[0]["reason"])

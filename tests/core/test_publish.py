@@ -1,16 +1,17 @@
 """The publishing layer against the embedded Hub: one commit per release, cards, lineage, tags."""
 
 import io
+import json
 
 import datasets
 import pytest
 from huggingface_hub import HfApi, hf_hub_download
 from PIL import Image
 
-from alignsmith.cards import CardContent, histogram, model_card
+from alignsmith.cards import RANDOM_WEIGHTS_MARKER, CardContent, histogram, model_card
 from alignsmith.frontmatter import card_metadata
-from alignsmith.lineage import ArtifactRef, Lineage, read_lineage
-from alignsmith.publish import TagExistsError, publish_dataset, publish_folder
+from alignsmith.lineage import ArtifactRef, Lineage, pin, read_lineage
+from alignsmith.publish import TagExistsError, publish_dataset, publish_folder, random_weight_refs
 from alignsmith.recipes import OutputRepo
 
 
@@ -97,12 +98,14 @@ def test_publishing_a_missing_folder_is_a_clear_error(tmp_path):
 def test_empty_splits_and_configs_are_left_out(hub):
     rows = datasets.Dataset.from_dict({"id": ["a"]})
     empty = datasets.Dataset.from_dict({"id": []}, features=rows.features)
-    content = CardContent(title="t", summary="s")
+    content = CardContent(title="t", summary="s", config_descriptions={"kept": "the rows.", "rejected": "bad rows."})
     publish_dataset(OutputRepo(repo_id="pub-test/empty", tag="v1"),
                     {"kept": {"train": rows, "test": empty}, "rejected": {"train": empty}}, content, lineage(),
                     default_config="rejected")
     assert datasets.get_dataset_config_names("pub-test/empty", revision="v1") == ["kept"]
     assert list(datasets.load_dataset("pub-test/empty", "kept", revision="v1")) == ["train"]
+    readme = open(hf_hub_download("pub-test/empty", "README.md", repo_type="dataset", revision="v1")).read()
+    assert "- `kept` (train: 1 rows): the rows.\n\n" in readme and "rejected" not in readme  # only what is there
     with pytest.raises(ValueError, match="every split is empty"):
         publish_dataset(OutputRepo(repo_id="pub-test/empty", tag="v2"), {"x": {"train": empty}}, content, lineage())
 
@@ -119,3 +122,39 @@ def test_model_card_eval_results_are_a_model_index_the_hub_parses(hub, tmp_path)
     release = publish_folder(OutputRepo(repo_id="pub-test/evaluated", tag="v1"), tmp_path / "m", card, lineage())
     parsed = ModelCard.load(hf_hub_download("pub-test/evaluated", "README.md", revision=release.revision)).data
     assert parsed.model_name == "pub-test/evaluated" and parsed.eval_results == [result]
+
+
+def _model_folder(path, config: dict) -> str:
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config))
+    return str(path)
+
+
+def test_a_dataset_made_with_random_weights_warns_and_names_no_local_path(hub, tmp_path):
+    marked = _model_folder(tmp_path / "tiny-scorer", {"model_type": "llama", RANDOM_WEIGHTS_MARKER: True})
+    trained = _model_folder(tmp_path / "trained", {"model_type": "llama"})
+    tagged = "pub-test/tagged-tiny"  # on the Hub, the card's tag says it too (as `alignsmith models tiny` publishes)
+    card = model_card(tagged, CardContent(title="M", summary="s", tags=["random-weights"]), lineage(), base_model=None)
+    publish_folder(OutputRepo(repo_id=tagged, tag="v1"), trained, card, lineage())
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"id": "a"}\n')
+    recipe = {"pool": {"path": str(pool)}, "work_dir": str(tmp_path / "work"), "scorer": {"model": marked}}
+    refs = [pin("pool", str(pool), "dataset"), pin("scorer", marked), pin("embedder", trained),
+            pin("judge", tagged, revision="v1"), ArtifactRef("gone", "org/never-published", "model", None, "b" * 40)]
+    built = Lineage(command="test publish", recipe=recipe, inputs=refs[:1], models=refs[1:])
+    assert [ref.role for ref in random_weight_refs(built)] == ["scorer", "judge"]
+
+    rows = datasets.Dataset.from_dict({"id": ["a"]})
+    output = OutputRepo(repo_id="pub-test/random", tag="v1", language=["en", "fr"])
+    publish_dataset(output, {"default": {"train": rows}}, CardContent(title="t", summary="s"), built)
+    readme = open(hf_hub_download("pub-test/random", "README.md", repo_type="dataset", revision="v1")).read()
+    recipe_file = open(hf_hub_download("pub-test/random", "alignsmith_recipe.yaml", repo_type="dataset",
+                                       revision="v1")).read()
+    meta = card_metadata(readme)
+    assert "random-weights" in meta["tags"] and meta["language"] == ["en", "fr"] and meta["size_categories"] == ["n<1K"]
+    assert "> [!WARNING]" in readme and "> - scorer: `tiny-scorer`" in readme
+    assert "> - judge: `pub-test/tagged-tiny`" in readme
+    assert str(tmp_path) not in readme and str(tmp_path) not in recipe_file
+    written = meta["alignsmith"]["inputs"][0]
+    assert written["repo_id"] == "pool.jsonl" and written["sha"] == refs[0].sha
+    assert "path: pool.jsonl" in recipe_file and "work_dir: work" in recipe_file

@@ -4,7 +4,6 @@ import io
 import pickle
 from pathlib import Path
 
-import datasets
 import PIL.Image
 import pytest
 
@@ -14,6 +13,7 @@ from alignsmith.records import (
     RecordRef,
     UniqueIds,
     conversation_features,
+    dataset_from_rows,
     preference_features,
     preference_to_conversation,
     validate_conversation,
@@ -261,9 +261,48 @@ def test_records_round_trip_through_arrow_with_images():
         conversation(("user", "<image> Colour?"), ("assistant", "Green."), images=[png_bytes()])
     )
     text_only = validate_conversation({**conversation(("user", "Hi"), ("assistant", "Yo")), "id": "c-2"})
-    ds = datasets.Dataset.from_list([record, text_only], features=conversation_features())
+    ds = dataset_from_rows([record, text_only], conversation_features())
+    # optional fields a record does not hold come back as nulls; messages without weights stay {role, content}
     assert ds[0]["messages"] == record["messages"]
     assert ds[0]["images"][0].getpixel((0, 0)) == (0, 255, 0)
-    assert ds[1]["images"] == []
-    pairs = datasets.Dataset.from_list([validate_preference(preference())], features=preference_features())
+    assert (ds[1]["images"], ds[1]["tools"], ds[1]["metadata"]) == ([], None, None)
+    pairs = dataset_from_rows([validate_preference(preference())], preference_features())
     assert pairs[0]["chosen"] == preference()["chosen"]
+
+
+TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+
+
+def test_tools_metadata_and_loss_weights_round_trip_through_arrow():
+    plain = validate_conversation(conversation(("user", "Hi"), ("assistant", "Yo")))
+    record = validate_conversation(
+        {**conversation(("user", "Find x."), ("assistant", "Found.")), "id": "c-2",
+         "tools": [{"name": "other", "description": "bare"}, TOOL], "metadata": '{"level": 2}'}
+    )
+    record["messages"][1]["loss_weight"] = 0.0
+    record = validate_conversation(record)
+    assert record["tools"] == [{"type": "function", "function": {"name": "other", "description": "bare"}}, TOOL]
+    assert record["messages"][1]["loss_weight"] == 0.0
+    # from_list would take the columns of the first row, which has no tools: dataset_from_rows keeps them
+    ds = dataset_from_rows([plain, record], conversation_features())
+    assert ds[1]["tools"] == record["tools"] and ds[1]["metadata"] == '{"level": 2}'
+    assert ds[1]["messages"][1] == {"role": "assistant", "content": "Found.", "loss_weight": 0.0}
+    assert ds[1]["messages"][0] == {"role": "user", "content": "Find x.", "loss_weight": None}
+    assert validate_conversation(ds[1]) == record  # nulls read back as absent
+    pair = validate_preference({**preference(), "tools": [TOOL], "metadata": "{}"})
+    assert preference_to_conversation(pair)["tools"] == [TOOL]
+    assert dataset_from_rows([pair], preference_features())[0]["tools"] == [TOOL]
+
+
+@pytest.mark.parametrize(
+    "changes, field, code",
+    [
+        ({"tools": "{"}, "tools", "malformed"),
+        ({"tools": [{"function": {}}]}, "tools[0]", "malformed"),
+        ({"metadata": "[1]"}, "metadata", "wrong_type"),
+        ({"metadata": "{"}, "metadata", "malformed"),
+    ],
+)
+def test_bad_tools_and_metadata_name_the_field(changes, field, code):
+    err = error_of(validate_conversation, {**conversation(("user", "Hi"), ("assistant", "Yo")), **changes})
+    assert (err.field, err.code) == (field, code)

@@ -14,7 +14,9 @@ import PIL.Image
 import pytest
 from huggingface_hub import HfApi
 
-from alignsmith.records import conversation_features
+from alignsmith.converters import ExtraColumnsError
+from alignsmith.recipes import RecipeError, build
+from alignsmith.records import RecordError, conversation_features, dataset_from_rows
 from alignsmith.sources import DatasetSource, SourceError, load_source
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "formats"
@@ -164,10 +166,12 @@ def test_hub_errors_name_the_source(hub):
             "has no split 'test' (it has 'train')",
         ),
         (
-            lambda tmp: DatasetSource(
-                str(write_jsonl(tmp / "d" / "train.jsonl", ALPACA_ROWS).parent), split="train[:1]"
-            ),
-            "a local folder takes a plain split name",
+            lambda tmp: DatasetSource(str(write_jsonl(tmp / "d" / "train.jsonl", ALPACA_ROWS).parent), split="test[:1]"),
+            "has no split 'test' (it has 'train')",
+        ),
+        (
+            lambda tmp: DatasetSource(str(write_jsonl(tmp / "rows.jsonl", ALPACA_ROWS)), split="train[:x]"),
+            "Unrecognized instruction format",
         ),
         (
             lambda tmp: DatasetSource(str(write_jsonl(tmp / "rows.jsonl", ALPACA_ROWS)), columns={"prompt": "x"}),
@@ -228,7 +232,71 @@ def test_published_records_load_back_losslessly(tmp_path):
         "messages": [{"role": "user", "content": "<image>\nColour?"}, {"role": "assistant", "content": "Red."}],
         "images": [{"bytes": jpeg.getvalue(), "path": None}],
     }
-    datasets.Dataset.from_list([record], features=conversation_features()).to_parquet(tmp_path / "vqa.parquet")
+    dataset_from_rows([record], conversation_features()).to_parquet(tmp_path / "vqa.parquet")
     (back,) = load_source(DatasetSource(str(tmp_path / "vqa.parquet"))).to_records("conversation").records
     # the JPEG bytes come back as stored (not decoded and re-encoded), and the row keeps its own source
     assert back == record
+
+
+def test_local_files_and_folders_take_sliced_splits(tmp_path):
+    rows = [{"instruction": f"Q{i}", "output": f"A{i}"} for i in range(10)]
+    path = write_jsonl(tmp_path / "d" / "train.jsonl", rows)
+    for source in (str(path), str(path.parent)):
+        loaded = load_source(DatasetSource(source, split="train[2:5]"))
+        assert [r["messages"][0]["content"] for r in loaded.to_records("conversation").records] == ["Q2", "Q3", "Q4"]
+        assert loaded.files == {str(path.relative_to(source)) if source != str(path) else "train.jsonl": sha256(path)}
+    assert load_source(DatasetSource(str(path), split="train[:10%]")).dataset.num_rows == 1
+
+
+def test_a_file_of_named_dialogues_gives_one_row_per_key():
+    loaded = load_source(DatasetSource(str(FIXTURES / "named_dialogues.json")))
+    records = {r["id"]: r for r in loaded.to_records("conversation").records}
+    assert list(records) == ["greeting", "maths"]
+    assert records["maths"]["messages"][0] == {"role": "system", "content": "Be brief."}  # a key only one has
+    sliced = load_source(DatasetSource(str(FIXTURES / "named_dialogues.json"), split="train[1:]"))
+    assert [r["id"] for r in sliced.to_records("conversation").records] == ["maths"]
+
+
+def test_named_dialogues_with_a_conflicting_inner_id_are_refused(tmp_path):
+    path = tmp_path / "named.json"
+    path.write_text(json.dumps({"a": {"id": "b", "instruction": "Q", "output": "A"}}), encoding="utf-8")
+    with pytest.raises(SourceError, match="dialogue 'a' has id 'b'"):
+        load_source(DatasetSource(str(path)))
+
+
+def test_non_utf8_bytes_reject_the_row_naming_file_row_and_field():
+    loaded = load_source(DatasetSource(str(FIXTURES / "latin1.jsonl")))
+    result = loaded.to_records("conversation", on_invalid="reject")
+    assert [r["id"] for r in result.records] == ["ok-1"]
+    assert [(r["id"], r["row_index"], r["field"], r["code"]) for r in result.rejected] == [
+        ("latin1-byte", 1, "instruction", "malformed"),
+        ("nested", 2, "conversations[0].value", "malformed"),
+    ]
+    assert "not valid UTF-8 (byte 0xe9 at position 9)" in result.rejected[0]["reason"]
+    assert "latin1.jsonl" in result.rejected[0]["reason"]
+    assert json.loads(result.rejected[0]["raw"])["instruction"] == "Spell caf\ufffd."
+    with pytest.raises(RecordError) as info:
+        loaded.to_records("conversation")
+    assert str(info.value).startswith("record 'latin1-byte' (row 1), field 'instruction': not valid UTF-8")
+    assert "latin1.jsonl" in str(info.value)
+
+
+def test_extra_columns_policy_is_a_recipe_key(tmp_path):
+    path = write_jsonl(tmp_path / "pool.jsonl", [{**ALPACA_ROWS[0], "example_input": "x"}])
+    carried = load_source(build(DatasetSource, {"path": str(path)})).to_records("conversation", on_invalid="reject")
+    assert json.loads(carried.records[0]["metadata"]) == {"example_input": "x"}
+    dropped = load_source(DatasetSource(str(path), extra_columns="drop")).to_records("conversation")
+    assert "metadata" not in dropped.records[0] and dropped.dropped_columns == {"example_input": 1}
+    with pytest.raises(ExtraColumnsError, match=r"\['example_input'\]"):
+        load_source(DatasetSource(str(path), extra_columns="error")).to_records("conversation", on_invalid="reject")
+    with pytest.raises(RecipeError, match="extra_columns"):
+        build(DatasetSource, {"path": str(path), "extra_columns": "keep"})
+
+
+def test_published_tools_and_metadata_load_back_losslessly(tmp_path):
+    source = load_source(DatasetSource(str(FIXTURES / "sharegpt_tools.jsonl")))
+    records = source.to_records("conversation").records
+    records[0]["metadata"] = '{"origin": "glaive"}'
+    dataset_from_rows(records, conversation_features()).to_parquet(tmp_path / "tools.parquet")
+    back = load_source(DatasetSource(str(tmp_path / "tools.parquet"))).to_records("conversation").records
+    assert back == records

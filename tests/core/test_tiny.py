@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,16 @@ def test_sentence_transformer_is_deterministic_and_mean_pools(tmp_path):
     with torch.no_grad():
         states = encoder(**tokens).last_hidden_state[0]
     np.testing.assert_allclose(ea[0], states.mean(0).numpy(), atol=1e-5)
+
+
+def test_tiny_models_mark_their_random_weights_in_config_json_even_once_resaved(tmp_path, llama_dir):
+    from alignsmith.cards import RANDOM_WEIGHTS_MARKER
+    from alignsmith.lineage import Lineage, pin
+    from alignsmith.publish import random_weight_refs
+
+    encoder = tiny.build_sentence_transformer(tmp_path / "st", seed=0)
+    AutoModelForCausalLM.from_pretrained(llama_dir).save_pretrained(tmp_path / "trained")  # e.g. fine-tuned from it
+    for folder in (llama_dir, encoder, tmp_path / "trained"):
+        assert json.loads((folder / "config.json").read_text())[RANDOM_WEIGHTS_MARKER] is True, folder
+    models = [pin("scorer", str(llama_dir)), pin("embedder", str(encoder)), pin("base", str(tmp_path / "trained"))]
+    assert random_weight_refs(Lineage(command="t", recipe={}, models=models)) == models

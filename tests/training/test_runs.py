@@ -6,8 +6,10 @@ every run reads them back by repo id and revision, exactly as it would read real
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,7 +38,7 @@ from training.chat import ChatTemplateError
 from training.data import TrainingDataError
 from training.pipeline import run as run_pipeline
 from training.recipes import DPORecipe, PipelineRecipe, SFTRecipe
-from training.train import TrainingResult, train
+from training.train import CheckpointMismatchError, TrainingResult, train
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "train-tests"
@@ -245,7 +247,45 @@ def test_dpo_prefers_the_chosen_answers_and_reports_eval_metrics(published, sft_
     assert card["datasets"] == [published["dpo"]]
     assert {"trl", "dpo"} <= set(card["tags"])
     assert card["training_metrics"]["eval_loss"] == pytest.approx(result.metrics["eval_loss"], rel=1e-4)
+    # the implicit rewards, as final values and as curves, next to the loss curve
+    readme = _readme(result.release.repo_id, "v1")
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
+        assert card["training_metrics"][key] == pytest.approx(result.metrics[key], rel=1e-4)
+        assert f"| {key} | " in readme
+    assert result.metrics["rewards/margins"] > 0
+    files = set(HfApi().list_repo_files(result.release.repo_id, revision="v1"))
+    assert {"assets/loss.png", "assets/rewards.png", "assets/reward_accuracy.png"} <= files
+    assert "](assets/rewards.png)" in readme
+    assert "license" not in card  # neither the recipe nor the base model's card names one
     assert _chat(result.release.repo_id, "v1", QUESTIONS[0][0]) == (QUESTIONS[0][1], True)
+
+
+def test_the_card_inherits_the_base_license_lists_framework_versions_and_plots_the_loss(published, tmp_path):
+    licensed = f"{NS}/tiny-licensed"
+    lineage = Lineage(command="models tiny", recipe={})
+    content = CardContent(title=licensed, summary="tiny", license="other",
+                          metadata={"license_name": "tiny-license", "license_link": "LICENSE"})
+    publish_folder(OutputRepo(repo_id=licensed, tag="v1"), tiny.build_causal_lm(tmp_path / "licensed", seed=0),
+                   model_card(licensed, content, lineage, base_model=None), lineage)
+    base = {"path": licensed, "revision": "v1"}
+    inherited = train(_recipe(SFTRecipe, published, tmp_path, "sft-licensed", base_model=base, data={"eval_size": 2},
+                              training={"max_steps": 2, "logging_steps": 1}))
+    chosen = train(_recipe(SFTRecipe, published, tmp_path, "sft-relicensed", base_model=base,
+                           output={"license": "apache-2.0"}, training={"max_steps": 1}))
+
+    card = _card(inherited.release.repo_id, "v1")
+    assert (card["license"], card["license_name"], card["license_link"]) == ("other", "tiny-license", "LICENSE")
+    relicensed = _card(chosen.release.repo_id, "v1")
+    assert relicensed["license"] == "apache-2.0" and "license_name" not in relicensed
+    readme = _readme(inherited.release.repo_id, "v1")
+    assert "## Framework versions" in readme
+    for package in ("transformers", "trl", "peft", "torch", "datasets"):
+        assert f"- {package}: {importlib.metadata.version(package)}" in readme
+    assert "](assets/loss.png)" in readme
+    assert "assets/loss.png" in HfApi().list_repo_files(inherited.release.repo_id, revision="v1")
+    # evaluated, but without trl's eval_num_tokens (the tokens seen by training, not by the evaluation)
+    assert "eval_loss" in card["training_metrics"] and "eval_num_tokens" not in card["training_metrics"]
+    assert "eval_num_tokens" not in readme
 
 
 @pytest.fixture(scope="module")
@@ -361,6 +401,64 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(published, tmp_path):
     assert result.metrics["global_step"] == 6
     lineage, _ = read_lineage(recipe.output.repo_id, "model", "v1")
     assert lineage.recipe == to_dict(recipe)
+
+
+class _StopAt(TrainerCallback):
+    """Stops a run with an error at ``step``, before it saves; like a kill, nothing is published."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"stopped at step {self.step}")
+
+
+def test_resume_skips_half_written_checkpoints_and_refuses_a_different_recipe(published, tmp_path, caplog):
+    recipe = _recipe(SFTRecipe, published, tmp_path, "sft-half-written",
+                     training={"max_steps": 6, "save_strategy": "steps", "save_steps": 2})
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, callbacks=[_StopAt(5)])
+    checkpoints = recipe.run_dir
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert (checkpoints / "checkpoint-2" / "alignsmith_recipe.yaml").is_file()  # the recipe travels with it
+    # killed while writing checkpoint-4 (no trainer_state.json yet) and while finishing a checkpoint-6
+    (checkpoints / "checkpoint-4" / "trainer_state.json").unlink()
+    shutil.copytree(checkpoints / "checkpoint-2", checkpoints / "checkpoint-6")
+    (checkpoints / "checkpoint-6" / "trainer_state.json").write_text('{"global_step": 6, "log_hi')
+
+    steps_run = []
+
+    class CountSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps_run.append(state.global_step)
+
+    with caplog.at_level("INFO", logger="training.train"):
+        result = train(recipe, callbacks=[CountSteps()])
+    assert result.resumed_from_step == 2
+    assert steps_run == [3, 4, 5, 6]
+    log = caplog.text
+    assert "checkpoint-6: incomplete (no readable trainer_state.json)" in log
+    assert "checkpoint-4: incomplete (no trainer_state.json)" in log
+    assert "resuming from" in log and "checkpoint-2 (step 2), the newest complete checkpoint" in log
+
+    # another learning rate: the checkpoints are not this recipe's weights
+    other = _recipe(SFTRecipe, published, tmp_path, "sft-half-written", output={"tag": "v2"},
+                    training={"max_steps": 6, "save_strategy": "steps", "save_steps": 2, "learning_rate": 1e-3})
+    with pytest.raises(CheckpointMismatchError) as raised:
+        train(other)
+    message = str(raised.value)
+    assert "checkpoint-6 was trained by a different recipe" in message
+    assert "training.learning_rate: 0.003 -> 0.001" in message
+    assert "choose another output_dir, or set resume: false" in message
+    # the same training under a new tag would publish v1's weights again as v2
+    retagged = _recipe(SFTRecipe, published, tmp_path, "sft-half-written", output={"tag": "v2"},
+                       training={"max_steps": 6, "save_strategy": "steps", "save_steps": 2, "logging_steps": 1})
+    with pytest.raises(CheckpointMismatchError) as raised:
+        train(retagged)
+    assert "already finished training (step 6 of 6) for output" in str(raised.value)
+    assert f"{NS}/sft-half-written@v1" in str(raised.value) and f"{NS}/sft-half-written@v2" in str(raised.value)
+    assert [t.name for t in HfApi().list_repo_refs(recipe.output.repo_id).tags] == ["v1"]
 
 
 def test_two_process_data_parallel_run_publishes_once(published, hub, tmp_path):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from transformers.integrations import integration_utils
 
-from alignsmith.recipes import RecipeError, build
+from alignsmith.recipes import RecipeError, build, describe
 
 from training.recipes import DPORecipe, PipelineRecipe, SFTRecipe
 
@@ -112,3 +113,36 @@ def test_a_pipeline_key_in_defaults_is_named_as_coming_from_defaults():
     with pytest.raises(RecipeError) as raised:
         build(PipelineRecipe, _pipeline(_stage("sft", "org/a"), defaults={"base_model": {"path": "org/other"}}))
     assert "defaults.base_model: set by the pipeline" in str(raised.value)
+
+
+def test_report_to_reaches_the_trainer_unchanged(monkeypatch):
+    cpu = {"use_cpu": True, "bf16": False}
+    assert build(SFTRecipe, _sft(training={**cpu, "report_to": "none"})).trainer_config().report_to == []
+    # as if tensorboard were installed: alignsmith neither drops nor replaces the recipe's tracker
+    monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: True)
+    recipe = build(SFTRecipe, _sft(training={**cpu, "report_to": ["tensorboard"]}))
+    assert recipe.trainer_config().report_to == ["tensorboard"]
+
+
+@pytest.mark.parametrize(
+    ("report_to", "message"),
+    [
+        ("tensorbord", "training.report_to: unknown tracker 'tensorbord'; expected none, all or one of"),
+        pytest.param(["tensorboard"], "training.report_to: tensorboard not installed",
+                     marks=pytest.mark.skipif(integration_utils.is_tensorboard_available(),
+                                              reason="tensorboard is installed")),
+        pytest.param("trackio", "training.report_to: trackio not installed",
+                     marks=pytest.mark.skipif(integration_utils.is_trackio_available(),
+                                              reason="trackio is installed")),
+    ],
+)
+def test_an_unknown_or_missing_tracker_is_refused_when_the_recipe_loads(report_to, message):
+    with pytest.raises(RecipeError) as raised:
+        build(SFTRecipe, _sft(training={"report_to": report_to}))
+    assert message in str(raised.value)
+
+
+def test_help_gives_a_model_repo_as_the_output_example():
+    rows = {key: text for key, _, text in describe(SFTRecipe)}
+    assert "e.g. 'my-org/qwen2.5-0.5b-sft'" in rows["output.repo_id"]
+    assert "deita" not in rows["output.repo_id"]

@@ -52,7 +52,7 @@ class CardContent:
     citation: str | None = None  # BibTeX of the method's paper, shown in a "Citation" section
 
 
-def _card_text(card_class: type["RepoCard"], metadata: Mapping[str, Any], body: str) -> str:
+def card_text(card_class: type["RepoCard"], metadata: Mapping[str, Any], body: str) -> str:
     """The card's text, its front matter written by ``card_class``'s card data.
 
     Later keys of ``metadata`` win, as in a dict. The text is read back through ``card_class`` so a
@@ -189,7 +189,7 @@ def dataset_card(
     )
     body = _body(content, lineage, usage, configs=_configs_section(configs, content.config_descriptions),
                  random_weights=[ref.portable() for ref in random_weights])
-    return _card_text(DatasetCard, metadata, body)
+    return card_text(DatasetCard, metadata, body)
 
 
 def model_card(
@@ -234,7 +234,7 @@ def model_card(
             f'model = AutoModelForCausalLM.from_pretrained("{repo_id}", revision="{revision_hint}")\n'
             f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}", revision="{revision_hint}")\n```'
         )
-    return _card_text(ModelCard, metadata, _body(content, lineage, load))
+    return card_text(ModelCard, metadata, _body(content, lineage, load))
 
 
 def histogram(series: Mapping[str, Sequence[float]], title: str, xlabel: str, filename: str, bins: int = 40) -> Figure:

@@ -64,6 +64,31 @@ def ensure_tag_free(repo_id: str, repo_type: RepoType, tag: str | None) -> None:
         )
 
 
+def release_of_same_recipe(output: OutputRepo, repo_type: RepoType, recorded_recipe: Mapping[str, Any]) -> Release | None:
+    """``output``'s tagged release when an earlier run of the same recipe published it, else None.
+
+    Multi-stage runs use it to skip finished stages on a rerun. ``recorded_recipe`` is the recipe as the
+    card records it; a tag made by another recipe (or by no alignsmith run) is refused, since published
+    tags are never moved.
+    """
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    from alignsmith.lineage import NoLineageError, read_lineage
+
+    if output.tag is None:
+        return None
+    try:
+        lineage, sha = read_lineage(output.repo_id, repo_type, output.tag)
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
+        return None
+    except NoLineageError:
+        lineage = None
+    if lineage is None or lineage.recipe != recorded_recipe:
+        raise TagExistsError(f"{repo_type} {output.repo_id} already has tag {output.tag!r} from a different recipe; "
+                             "published tags are never moved: choose a new tag")
+    return Release(output.repo_id, repo_type, sha, output.tag)
+
+
 def commit_release(
     output: OutputRepo,
     repo_type: RepoType,

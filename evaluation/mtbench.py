@@ -185,7 +185,7 @@ def _check_questions(judgments: Sequence[Judgment], categories: dict[Any, str], 
         )
 
 
-def _format_table(results: list[dict[str, Any]]) -> str:
+def format_table(results: list[dict[str, Any]]) -> str:
     def number(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"
 
@@ -212,5 +212,5 @@ def cli(argv: Sequence[str]) -> int:
     categories = question_categories(args.questions)
     _check_questions(judgments, categories, args.judgments, args.questions)
     results = aggregate(judgments, categories)
-    print("\n".join(json.dumps(r) for r in results) if args.json else _format_table(results))
+    print("\n".join(json.dumps(r) for r in results) if args.json else format_table(results))
     return 0

@@ -126,7 +126,7 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
 
 
-def _format_table(rows: list[dict[str, Any]]) -> str:
+def format_table(rows: list[dict[str, Any]]) -> str:
     columns = ["length_controlled_winrate", *LEADERBOARD_COLUMNS] if "length_controlled_winrate" in rows[0] else list(LEADERBOARD_COLUMNS)
     lines = [f"{'generator':<32} " + " ".join(f"{c:>{max(len(c), 8)}}" for c in columns)]
     for row in rows:
@@ -161,5 +161,5 @@ def cli(argv: Sequence[str]) -> int:
         gamed=read_gamed(args.gamed) if args.gamed else None,
         source=", ".join(args.annotations),
     )
-    print("\n".join(json.dumps(_jsonable(r)) for r in rows) if args.json else _format_table(rows))
+    print("\n".join(json.dumps(_jsonable(r)) for r in rows) if args.json else format_table(rows))
     return 0

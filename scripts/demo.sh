@@ -20,7 +20,7 @@ if [ -e runs/demo ]; then
 fi
 
 # 1. a tiny, untrained scorer published to the embedded Hub (stands in for hkust-nlp/deita-*-scorer)
-alignsmith models tiny --out runs/demo/models/tiny-scorer --hidden-size 64 --seed 0 \
+alignsmith models tiny --out runs/demo/models/tiny-scorer --hidden-size 64 --max-position-embeddings 2048 --seed 0 \
     --publish alignsmith-demo/tiny-scorer --tag v1.0.0
 
 # 2. the Deita builder: score, embed, select, publish alignsmith-demo/deita-hh-rlhf@v1.0.0

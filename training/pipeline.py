@@ -12,8 +12,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from alignsmith.lineage import NoLineageError, pin, read_lineage
-from alignsmith.publish import Release, TagExistsError
+from alignsmith.lineage import pin
+from alignsmith.publish import Release, release_of_same_recipe
 from alignsmith.recipes import to_dict
 
 from training.recipes import PipelineRecipe, TrainRecipe
@@ -31,7 +31,7 @@ def run(recipe: PipelineRecipe) -> list[Release]:
         if releases:
             stage = _starting_from(stage, releases[-1].commit_sha)
         name = f"stage {index + 1}/{len(recipe.stages)} ({stage.kind} -> {stage.output.repo_id})"
-        existing = _published_release(stage)
+        existing = release_of_same_recipe(stage.output, "model", to_dict(stage))
         if existing is not None:
             log.info("%s: already published at %s, skipping", name, existing.commit_sha)
             releases.append(existing)
@@ -51,24 +51,3 @@ def _check_data_exists(stages: list[TrainRecipe]) -> None:
 
 def _starting_from(stage: TrainRecipe, sha: str) -> TrainRecipe:
     return dataclasses.replace(stage, base_model=dataclasses.replace(stage.base_model, revision=sha))
-
-
-def _published_release(stage: TrainRecipe) -> Release | None:
-    """This stage's tagged release, when a previous run of the same stage recipe published it."""
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
-
-    tag = stage.output.tag
-    if tag is None:
-        return None
-    try:
-        lineage, sha = read_lineage(stage.output.repo_id, "model", tag)
-    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
-        return None
-    except NoLineageError:
-        lineage = None
-    if lineage is None or lineage.recipe != to_dict(stage):
-        raise TagExistsError(
-            f"model {stage.output.repo_id} already has tag {tag!r} from a different recipe; published tags are "
-            "never moved: choose a new tag for this stage"
-        )
-    return Release(stage.output.repo_id, "model", sha, tag)

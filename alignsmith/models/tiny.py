@@ -250,6 +250,8 @@ def cli(argv: Sequence[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--max-position-embeddings", type=int, default=512,
+                        help="Context length (causal_lm only; rotary positions, so it adds no weights).")
     parser.add_argument("--publish", metavar="REPO_ID", help="Also publish the folder as this model repo.")
     parser.add_argument("--tag", default=None, help="Version tag of the published model.")
     parser.add_argument("--hub", default="local", help="'local', 'huggingface' or a Hub URL.")
@@ -258,7 +260,8 @@ def cli(argv: Sequence[str]) -> int:
 
     if args.kind == "causal_lm":
         out = build_causal_lm(args.out, architecture=args.architecture, seed=args.seed,
-                                   hidden_size=args.hidden_size, num_layers=args.num_layers)
+                              hidden_size=args.hidden_size, num_layers=args.num_layers,
+                              max_position_embeddings=args.max_position_embeddings)
     else:
         out = build_sentence_transformer(args.out, seed=args.seed, hidden_size=args.hidden_size,
                                               num_layers=args.num_layers)

@@ -1,0 +1,228 @@
+"""A Hub chat model (or a PEFT adapter on its base) run in this process, pinned to a commit.
+
+Generation is batched: conversations of similar length go together, LEFT padded with an attention
+mask, so each row decodes exactly as it would alone (greedy output does not depend on batching).
+Rows are grouped by identical :class:`DecodingSettings`, since one ``generate`` call decodes one way.
+
+Sampling seeds: each batch seeds torch's generator from ``(settings.seed, the smallest original row
+index in the batch)``, so the same conversations, settings and ``batch_size`` give the same replies;
+another ``batch_size`` regroups rows and may sample differently.
+
+Knobs that :class:`DecodingSettings` does not name (top-k, repetition penalty...) follow the
+model's ``generation_config``, as vLLM and ``transformers serve`` do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from alignsmith.errors import AlignsmithError
+from alignsmith.lineage import ArtifactRef, load_revision
+from alignsmith.models.batching import context_length, length_sorted_batches, pad_id
+from alignsmith.models.generation import Completion, DecodingSettings, Message, per_row
+from alignsmith.models.loading import ModelLoadError, PinnedModel, load_pretrained, pinned
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+ROLE = "chat_model"
+ADAPTER_CONFIG = "adapter_config.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+class ContextLengthError(AlignsmithError):
+    """A prompt that does not fit the model's context window."""
+
+
+class HFChatModel(PinnedModel):
+    """A :class:`~alignsmith.models.generation.ChatModel` over transformers ``generate``."""
+
+    def __init__(
+        self,
+        model: str | ArtifactRef,
+        *,
+        revision: str | None = None,
+        dtype: str = "auto",
+        device: str = "auto",
+        batch_size: int = 8,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.model_ref = pinned(model, revision, ROLE)
+        self.base_ref: ArtifactRef | None = None  # the base under a PEFT adapter
+        if _has_file(self.model_ref, ADAPTER_CONFIG):
+            self.model, self.tokenizer = self._load_adapter(dtype, device)
+        else:
+            self.model, self.tokenizer = load_pretrained(self.model_ref, dtype=dtype, device=device)
+        if not self.tokenizer.chat_template:
+            raise ModelLoadError(
+                f"{self.model_ref.role}: the tokenizer of {self.model_ref.repo_id!r} (revision "
+                f"{load_revision(self.model_ref)}) has no chat template; use a chat (instruction-tuned) model"
+            )
+        self.stop_ids = stop_token_ids(self.model, self.tokenizer)
+        self.pad = pad_id(self.tokenizer)
+        self.context = context_length(self.model, self.tokenizer)
+
+    def _load_adapter(self, dtype: str, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """The adapter's pinned base with the adapter merged in, and the adapter's tokenizer if it ships one."""
+        from peft import PeftConfig, PeftModel
+        from transformers import AutoTokenizer
+
+        ref, revision = self.model_ref, load_revision(self.model_ref)
+        try:
+            config = PeftConfig.from_pretrained(ref.repo_id, revision=revision)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(
+                f"{ref.role}: cannot read the adapter {ref.repo_id!r} (revision {revision}): {err}"
+            ) from None
+        self.base_ref = pinned(config.base_model_name_or_path, config.revision, f"{ref.role}_base")
+        base, tokenizer = load_pretrained(self.base_ref, dtype=dtype, device=device)
+        try:
+            if _has_file(ref, TOKENIZER_CONFIG):  # adapters trained with a new chat template ship their tokenizer
+                tokenizer = AutoTokenizer.from_pretrained(ref.repo_id, revision=revision)
+            # merged: generation runs plain weights, faster and equal up to rounding
+            model = PeftModel.from_pretrained(base, ref.repo_id, revision=revision).merge_and_unload()
+        except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: weights that do not fit the base
+            raise ModelLoadError(
+                f"{ref.role}: cannot load the adapter {ref.repo_id!r} (revision {revision}) onto "
+                f"{self.base_ref.repo_id!r}@{self.base_ref.sha}: {err}"
+            ) from None
+        return model.eval(), tokenizer
+
+    def identity(self) -> dict[str, str]:
+        """The pinned model (and base), by Hub id or local folder name, so caches survive moving a folder."""
+        found = {"kind": "hf", "repo_id": self.model_ref.portable().repo_id, "sha": self.model_ref.sha or ""}
+        if self.base_ref is not None:
+            found |= {"base_repo_id": self.base_ref.portable().repo_id, "base_sha": self.base_ref.sha or ""}
+        return found
+
+    def generate(
+        self, conversations: Sequence[Sequence[Message]], settings: DecodingSettings | Sequence[DecodingSettings]
+    ) -> list[Completion]:
+        rows = per_row(settings, len(conversations))
+        prompts = [
+            list(self.tokenizer.apply_chat_template([dict(m) for m in conv], add_generation_prompt=True,
+                                                    tokenize=True, return_dict=True)["input_ids"])
+            for conv in conversations
+        ]
+        too_long = next((i for i, prompt in enumerate(prompts) if len(prompt) >= self.context), None)
+        if too_long is not None:
+            raise ContextLengthError(
+                f"{self.model_ref.repo_id}: conversation {too_long} renders to {len(prompts[too_long])} prompt tokens, "
+                f"and the model's context is {self.context}: use a model with a longer context or a shorter prompt"
+            )
+        groups: dict[DecodingSettings, list[int]] = {}
+        for index, row in enumerate(rows):
+            groups.setdefault(row, []).append(index)
+        completions: list[Completion | None] = [None] * len(conversations)
+        for decoding, indices in groups.items():
+            for batch in length_sorted_batches([len(prompts[i]) for i in indices], self.batch_size):
+                members = [indices[i] for i in batch]
+                for index, completion in zip(members, self._generate_batch([prompts[i] for i in members],
+                                                                            decoding, min(members))):
+                    completions[index] = completion
+        return completions  # type: ignore[return-value]  # every row was filled
+
+    def _generate_batch(self, prompts: list[list[int]], decoding: DecodingSettings, first_row: int) -> list[Completion]:
+        import torch
+
+        input_ids, attention_mask = left_pad(prompts, self.pad, self.model.device)
+        # a reply ends where the model's context does (finish_reason "length"), never past it
+        max_new_tokens = min(decoding.max_new_tokens, self.context - input_ids.shape[1])
+        sampling = decoding.temperature > 0
+        options: dict[str, Any] = {"temperature": decoding.temperature, "top_p": decoding.top_p} if sampling else {}
+        forked = [self.model.device] if self.model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=forked), torch.inference_mode():
+            torch.manual_seed(batch_seed(decoding.seed, first_row))
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, do_sample=sampling,
+                max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids, pad_token_id=self.pad,
+                return_dict_in_generate=True, output_logits=decoding.top_logprobs > 0, **options,
+            )
+        generated = out.sequences[:, input_ids.shape[1]:].tolist()
+        first_logits = out.logits[0] if decoding.top_logprobs > 0 else None
+        return [
+            self._completion(prompt, tokens, None if first_logits is None else first_logits[row], decoding.top_logprobs)
+            for row, (prompt, tokens) in enumerate(zip(prompts, generated))
+        ]
+
+    def _completion(self, prompt: list[int], tokens: list[int], logits: torch.Tensor | None, top: int) -> Completion:
+        """One row's reply, cut at its first stop token (counted in ``completion_tokens``, left out of the text)."""
+        stop = next((i for i, token in enumerate(tokens) if token in self.stop_ids), None)
+        reply = tokens if stop is None else tokens[:stop]
+        return Completion(
+            text=self.tokenizer.decode(reply, skip_special_tokens=True),
+            finish_reason="length" if stop is None else "stop",
+            prompt_tokens=len(prompt),
+            completion_tokens=len(tokens) if stop is None else stop + 1,
+            first_token_logprobs=None if logits is None else self._top_logprobs(logits, top),
+        )
+
+    def _top_logprobs(self, logits: torch.Tensor, top: int) -> dict[str, float]:
+        """The model's own log-probabilities (before temperature and top-p, as vLLM reports them) of the
+        ``top`` likeliest first tokens, by token text; of two tokens with one text, the likelier is kept."""
+        import torch
+
+        values, ids = torch.log_softmax(logits.float(), dim=-1).topk(min(top, logits.shape[-1]))
+        found: dict[str, float] = {}
+        for token, value in zip(ids.tolist(), values.tolist()):
+            found.setdefault(self.tokenizer.decode([token]), value)
+        return found
+
+
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Where a reply ends: the generation config's and tokenizer's EOS and the template's end-of-turn token."""
+    configured = model.generation_config.eos_token_id
+    ids = [configured] if isinstance(configured, int) else list(configured or [])
+    ids += [t for t in (tokenizer.eos_token_id, end_of_turn_id(tokenizer)) if t is not None]
+    return list(dict.fromkeys(ids))
+
+
+def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The special token the chat template writes right after an assistant reply (``<|im_end|>``,
+    ``<|eot_id|>``, ``<end_of_turn>``...), found by rendering one; None if it writes none."""
+    from jinja2 import TemplateError
+
+    marker = "ALIGNSMITH_REPLY_END"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
+        )
+    except TemplateError:
+        return None
+    after = tokenizer.encode(text.rpartition(marker)[2], add_special_tokens=False)
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    return after[0] if after and after[0] in special else None
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded input ids and their attention mask: new tokens follow every row's last real token."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt):] = torch.as_tensor(prompt, dtype=torch.long)
+        attention_mask[row, width - len(prompt):] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def batch_seed(seed: int, first_row: int) -> int:
+    """A batch's sampling seed, mixed from the settings' seed and the batch's first row (see the module docstring)."""
+    return int(np.random.SeedSequence([seed, first_row]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _has_file(ref: ArtifactRef, filename: str) -> bool:
+    """Whether the pinned model folder or commit holds ``filename``."""
+    if ref.repo_type == "local":
+        return (Path(ref.repo_id) / filename).is_file()
+    from huggingface_hub import HfApi
+
+    return HfApi().file_exists(ref.repo_id, filename, revision=load_revision(ref))

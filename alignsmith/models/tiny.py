@@ -18,11 +18,17 @@ from typing import Sequence
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
+    AddedToken,
     AutoModelForCausalLM,
+    AutoModelForImageTextToText,
     BertConfig,
     BertModel,
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
     GenerationConfig,
     LlamaConfig,
+    LlavaConfig,
+    LlavaProcessor,
     MistralConfig,
     PretrainedConfig,
     PreTrainedModel,
@@ -40,18 +46,41 @@ log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, *ROLE_TOKENS, END_OF_TURN)
 
-# Assistant content (and the EOS that ends it) sits inside {% generation %} so trl's
-# `assistant_only_loss=True` can mask everything else, and a model trained on it learns to stop.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|assistant|>' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
-    "{% else %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+IMAGE_TOKEN = "<image>"
+
+
+def _chat_template(content: str, prelude: str = "") -> str:
+    """The chat format, with `content` the Jinja expression that renders one message's content.
+
+    Assistant content (and the EOS that ends it) sits inside {% generation %} so trl's
+    `assistant_only_loss=True` can mask everything else, and a model trained on it learns to stop.
+    """
+    return (
+        prelude + "{{ bos_token }}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'assistant' %}"
+        "{{ '<|assistant|>' }}{% generation %}{{ " + content + " + eos_token }}{% endgeneration %}"
+        "{% else %}"
+        "{{ '<|' + message['role'] + '|>' + " + content + " + '<|end|>' }}"
+        "{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+    )
+
+
+CHAT_TEMPLATE = _chat_template("message['content']")
+
+# The same format for processors: content is a string or a list of parts (as transformers and trl
+# write multimodal messages), each `{"type": "image"}` part becoming the `<image>` the processor expands.
+VISION_CHAT_TEMPLATE = _chat_template(
+    "render(message['content'])",
+    prelude="{% macro render(content) %}"
+    "{% if content is string %}{{ content }}"
+    "{% else %}{% for part in content %}"
+    "{% if part['type'] == 'image' %}{{ '" + IMAGE_TOKEN + "' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% endmacro %}",
 )
 
 # A small, varied corpus: enough merges to make realistic-looking token lengths, prompts of the
@@ -150,6 +179,30 @@ def _seeded_init(seed: int, build: Callable[[], PreTrainedModel]) -> PreTrainedM
         return build()
 
 
+def _decoder_config(
+    config_class: type[PretrainedConfig], tok: PreTrainedTokenizerBase, **fields: object
+) -> PretrainedConfig:
+    """A decoder config whose vocabulary and special token ids are the tokenizer's."""
+    return config_class(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **fields,
+    )
+
+
+def _greedy_generation_config(tok: PreTrainedTokenizerBase) -> GenerationConfig:
+    """Greedy and short, so generations from a tiny model are reproducible and fast."""
+    return GenerationConfig(
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        do_sample=False,
+        max_new_tokens=32,
+    )
+
+
 def build_causal_lm(
     out_dir: str | Path,
     *,
@@ -175,8 +228,8 @@ def build_causal_lm(
     tok = tokenizer or build_tokenizer(
         seed=seed, vocab_size=vocab_size, model_max_length=max_position_embeddings
     )
-    config = ARCHITECTURES[architecture](
-        vocab_size=len(tok),
+    config = _decoder_config(
+        ARCHITECTURES[architecture], tok,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size or 2 * hidden_size,
         num_hidden_layers=num_layers,
@@ -184,19 +237,10 @@ def build_causal_lm(
         num_key_value_heads=num_kv_heads,
         max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
         **_RANDOM_WEIGHTS,
     )
     model = _seeded_init(seed, lambda: AutoModelForCausalLM.from_config(config))
-    model.generation_config = GenerationConfig(
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        do_sample=False,
-        max_new_tokens=32,
-    )
+    model.generation_config = _greedy_generation_config(tok)
     out = Path(out_dir)
     model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -241,27 +285,112 @@ def build_sentence_transformer(
     return out
 
 
+def build_vision_language_model(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    image_size: int = 32,
+    patch_size: int = 8,
+    max_position_embeddings: int = 2048,
+) -> Path:
+    """Save a LLaVA-style model (CLIP vision tower, projector, Llama decoder) and its processor.
+
+    The folder loads with `AutoProcessor` and `AutoModelForImageTextToText` like a Hub VLM and trains
+    in trl's SFT on image+text conversations. The processor expands each `<image>` to one token per
+    patch, (image_size // patch_size) ** 2, matching what the projector feeds the decoder: CLIP's CLS
+    token is dropped by the "default" feature selection. The default context is longer than the text
+    models' because every image takes that many tokens. Its image processor is the PIL one, as
+    there is no torchvision here.
+    """
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    tok = build_tokenizer(seed=seed, model_max_length=max_position_embeddings, chat_template=VISION_CHAT_TEMPLATE)
+    tok.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
+    image_tokens = (image_size // patch_size) ** 2
+    vision = CLIPVisionConfig(
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    text = _decoder_config(
+        LlamaConfig, tok,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_position_embeddings,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=image_tokens,
+        vision_feature_select_strategy="default",
+        **_RANDOM_WEIGHTS,
+    )
+    model = _seeded_init(seed, lambda: AutoModelForImageTextToText.from_config(config))
+    model.generation_config = _greedy_generation_config(tok)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token, which "default" selection removes again
+        chat_template=VISION_CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+    )
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+# (library_name, pipeline_tag) of each kind's model card: what the Hub shows and which widget it offers.
+_CARD_KINDS = {
+    "causal_lm": ("transformers", "text-generation"),
+    "sentence_transformer": ("sentence-transformers", "sentence-similarity"),
+    "vision_language": ("transformers", "image-text-to-text"),
+}
+
+
 def cli(argv: Sequence[str]) -> int:
     """``alignsmith models tiny``: build a seeded tiny model and optionally publish it to the Hub."""
     parser = argparse.ArgumentParser(prog="alignsmith models tiny", description=cli.__doc__)
     parser.add_argument("--out", required=True, help="Folder to save the model into.")
-    parser.add_argument("--kind", choices=["causal_lm", "sentence_transformer"], default="causal_lm")
+    parser.add_argument("--kind", choices=sorted(_CARD_KINDS), default="causal_lm")
     parser.add_argument("--architecture", default="llama", help="Decoder architecture (causal_lm only).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--max-position-embeddings", type=int, default=512,
-                        help="Context length (causal_lm only; rotary positions, so it adds no weights).")
+    parser.add_argument("--max-position-embeddings", type=int, default=None,
+                        help="Context length (causal_lm: 512, vision_language: 2048; rotary positions, so it adds "
+                        "no weights).")
+    parser.add_argument("--image-size", type=int, default=32, help="Image side in pixels (vision_language only).")
+    parser.add_argument("--patch-size", type=int, default=8, help="Vision patch side (vision_language only).")
     parser.add_argument("--publish", metavar="REPO_ID", help="Also publish the folder as this model repo.")
     parser.add_argument("--tag", default=None, help="Version tag of the published model.")
     parser.add_argument("--hub", default="local", help="'local', 'huggingface' or a Hub URL.")
     parser.add_argument("--hub-root", default=None, help="Storage folder of the embedded Hub.")
     args = parser.parse_args(argv)
 
+    # unset, the context length is the builder's own default
+    context = {} if args.max_position_embeddings is None else {"max_position_embeddings": args.max_position_embeddings}
     if args.kind == "causal_lm":
         out = build_causal_lm(args.out, architecture=args.architecture, seed=args.seed,
-                              hidden_size=args.hidden_size, num_layers=args.num_layers,
-                              max_position_embeddings=args.max_position_embeddings)
+                              hidden_size=args.hidden_size, num_layers=args.num_layers, **context)
+    elif args.kind == "vision_language":
+        out = build_vision_language_model(args.out, seed=args.seed, hidden_size=args.hidden_size,
+                                          num_layers=args.num_layers, image_size=args.image_size,
+                                          patch_size=args.patch_size, **context)
     else:
         out = build_sentence_transformer(args.out, seed=args.seed, hidden_size=args.hidden_size,
                                               num_layers=args.num_layers)
@@ -289,8 +418,7 @@ def _publish(folder: Path, args: argparse.Namespace) -> None:
         license="apache-2.0",
         tags=["tiny", RANDOM_WEIGHTS_TAG],
     )
-    library = "sentence-transformers" if args.kind == "sentence_transformer" else "transformers"
-    pipeline = "sentence-similarity" if args.kind == "sentence_transformer" else "text-generation"
+    library, pipeline = _CARD_KINDS[args.kind]
     card = model_card(args.publish, content, lineage, base_model=None, library_name=library,
                       pipeline_tag=pipeline, revision_hint=args.tag or "main")
     release = publish_folder(output, folder, card, lineage)

@@ -25,6 +25,12 @@ GROUP = CommandGroup("build", "dataset builders: convert, Deita selection, prefe
         example="recipes/build/deita/released_scorers.yaml",
         deprecated=("deita merge",),
     ),
+    "pf-pairs": Command(
+        "Polite Flamingo: (distorted, original) response pairs from a conversation dataset (resumable, sharded).",
+        "builders.polite_flamingo.pairs:run",
+        recipe="builders.polite_flamingo.recipe:PairsRecipe",
+        example="recipes/build/pf-pairs/tiny.yaml",
+    ),
     "preferences": Command(
         "Mix, validate and publish a DPO preference dataset from published sets.",
         "builders.preferences:run",

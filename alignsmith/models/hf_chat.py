@@ -60,11 +60,6 @@ class HFChatModel(PinnedModel):
             self.model, self.tokenizer = self._load_adapter(dtype, device)
         else:
             self.model, self.tokenizer = load_pretrained(self.model_ref, dtype=dtype, device=device)
-        if not self.tokenizer.chat_template:
-            raise ModelLoadError(
-                f"{self.model_ref.role}: the tokenizer of {self.model_ref.repo_id!r} (revision "
-                f"{load_revision(self.model_ref)}) has no chat template; use a chat (instruction-tuned) model"
-            )
         self.stop_ids = stop_token_ids(self.model, self.tokenizer)
         self.pad = pad_id(self.tokenizer)
         self.context = context_length(self.model, self.tokenizer)
@@ -105,22 +100,41 @@ class HFChatModel(PinnedModel):
     def generate(
         self, conversations: Sequence[Sequence[Message]], settings: DecodingSettings | Sequence[DecodingSettings]
     ) -> list[Completion]:
-        rows = per_row(settings, len(conversations))
+        if not self.tokenizer.chat_template:  # a base model can still continue raw prompts (complete)
+            raise ModelLoadError(
+                f"{self.model_ref.role}: the tokenizer of {self.model_ref.repo_id!r} (revision "
+                f"{load_revision(self.model_ref)}) has no chat template; use a chat (instruction-tuned) model"
+            )
         prompts = [
             list(self.tokenizer.apply_chat_template([dict(m) for m in conv], add_generation_prompt=True,
                                                     tokenize=True, return_dict=True)["input_ids"])
             for conv in conversations
         ]
+        return self._decode(prompts, settings, "conversation")
+
+    def complete(
+        self, prompts: Sequence[str], settings: DecodingSettings | Sequence[DecodingSettings]
+    ) -> list[Completion]:
+        """Continue raw text prompts, no chat template: for prompts that pre-fill the assistant's turn in
+        their own format (Polite Flamingo's Guanaco prompt ends inside an opened quote). The tokenizer adds
+        its usual special tokens (BOS); batching, padding and seeding are those of :meth:`generate`."""
+        return self._decode([list(self.tokenizer(prompt)["input_ids"]) for prompt in prompts], settings, "prompt")
+
+    def _decode(
+        self, prompts: list[list[int]], settings: DecodingSettings | Sequence[DecodingSettings], what: str
+    ) -> list[Completion]:
+        """Decode tokenised prompts in length-sorted batches grouped by settings; replies in input order."""
+        rows = per_row(settings, len(prompts))
         too_long = next((i for i, prompt in enumerate(prompts) if len(prompt) >= self.context), None)
         if too_long is not None:
             raise ContextLengthError(
-                f"{self.model_ref.repo_id}: conversation {too_long} renders to {len(prompts[too_long])} prompt tokens, "
+                f"{self.model_ref.repo_id}: {what} {too_long} renders to {len(prompts[too_long])} prompt tokens, "
                 f"and the model's context is {self.context}: use a model with a longer context or a shorter prompt"
             )
         groups: dict[DecodingSettings, list[int]] = {}
         for index, row in enumerate(rows):
             groups.setdefault(row, []).append(index)
-        completions: list[Completion | None] = [None] * len(conversations)
+        completions: list[Completion | None] = [None] * len(prompts)
         for decoding, indices in groups.items():
             for batch in length_sorted_batches([len(prompts[i]) for i in indices], self.batch_size):
                 members = [indices[i] for i in batch]
@@ -189,6 +203,8 @@ def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
     ``<|eot_id|>``, ``<end_of_turn>``...), found by rendering one; None if it writes none."""
     from jinja2 import TemplateError
 
+    if not tokenizer.chat_template:
+        return None
     marker = "ALIGNSMITH_REPLY_END"
     try:
         text = tokenizer.apply_chat_template(

@@ -110,6 +110,20 @@ def test_reply_matches_plain_generate_and_the_models_first_token_logprobs(chat, 
     assert list(reply.first_token_logprobs.values()) == pytest.approx(top.values.tolist(), abs=1e-5)
 
 
+def test_complete_continues_raw_text_batched_as_alone_and_as_plain_generate(chat, model_dir):
+    """Raw prompts (no chat template) share generate's batching: batched == alone == transformers' generate."""
+    prompts = ["### Human: hi\n### Assistant: Sure, here is \"", "Once upon a time", "x"]
+    batched = chat.complete(prompts, GREEDY)
+    alone = [HFChatModel(str(model_dir), batch_size=1).complete([p], GREEDY)[0] for p in prompts]
+    assert batched == alone
+    model, tok = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    encoded = tok(prompts[0], return_tensors="pt")
+    expected = model.generate(**encoded, max_new_tokens=12, do_sample=False)[0, encoded["input_ids"].shape[1]:]
+    assert batched[0].text == tok.decode(expected, skip_special_tokens=True)
+    assert batched[0].prompt_tokens == encoded["input_ids"].shape[1]
+    assert batched[0].text != chat.generate([[{"role": "user", "content": prompts[0]}]], GREEDY)[0].text
+
+
 def test_rows_with_different_settings_come_back_in_input_order(chat):
     settings = [DecodingSettings(max_new_tokens=3), DecodingSettings(max_new_tokens=6),
                 DecodingSettings(max_new_tokens=3), DecodingSettings(max_new_tokens=6, temperature=0.8, seed=1),
@@ -173,11 +187,13 @@ def test_replies_stop_at_the_context_and_a_prompt_that_fills_it_is_refused(chat)
         chat.generate([CONVERSATIONS[0], [{"role": "user", "content": "word " * chat.context}]], GREEDY)
 
 
-def test_a_tokenizer_without_chat_template_is_refused_naming_the_model(tmp_path):
+def test_a_base_model_completes_raw_prompts_but_refuses_conversations_naming_itself(tmp_path):
     folder = tiny.build_causal_lm(tmp_path / "base-lm", hidden_size=32, num_layers=1,
                                   tokenizer=tiny.build_tokenizer(chat_template=None))
+    base = HFChatModel(str(folder))
+    assert base.complete(["The quick brown"], DecodingSettings(max_new_tokens=3))[0].completion_tokens <= 3
     with pytest.raises(ModelLoadError, match=r"chat_model: the tokenizer of '.*base-lm'.*has no chat template"):
-        HFChatModel(str(folder))
+        base.generate(CONVERSATIONS[:1], GREEDY)
 
 
 def test_hub_model_is_pinned_and_a_missing_one_is_a_load_error(hub, hub_model, chat):

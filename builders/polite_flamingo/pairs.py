@@ -1,0 +1,326 @@
+"""``build pf-pairs``: (distorted, original) response pairs for training a Polite Flamingo rewriter.
+
+Every (user instruction, assistant response) turn pair of a conversation dataset is one candidate;
+each requested distortion kind turns it into a pair or into a rejection with its reason (notes
+``polite-flamingo.md`` §1). Work is cut into shards of source records, one :class:`ShardStore` per
+kind, so a killed build resumes and a kind added later does not redo the others.
+
+Reproducibility: every draw (augmentation steps, the optional Guanaco command) comes from a
+generator seeded by (``seed``, kind, candidate id), so a row does not depend on its neighbours.
+Sampled LLM continuations are seeded per batch (see :mod:`alignsmith.models.hf_chat`) from the
+recipe's decoding seed mixed with the shard: the same recipe gives the same rows; greedy rows are
+the same whatever the batching.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from alignsmith.cards import CardContent, histogram
+from alignsmith.converters import ConversionResult
+from alignsmith.lineage import ArtifactRef, Lineage, pin
+from alignsmith.publish import Release, ensure_tag_free, publish_dataset
+from alignsmith.recipes import to_dict
+from alignsmith.records import IMAGE_PLACEHOLDER, dataset_from_rows, rejected_features
+from alignsmith.shards import ShardPlan, ShardStore, fingerprint
+from alignsmith.sources import LoadedSource, SourceError, load_source
+from builders.polite_flamingo.distortions import (
+    Distortion,
+    Rejection,
+    cut_at_closing_quote,
+    llm_instructed_prompt,
+    random_augmentation,
+    row_rng,
+    row_seed,
+)
+from builders.polite_flamingo.recipe import PairsRecipe
+
+log = logging.getLogger(__name__)
+
+POLITE_FLAMINGO_CITATION = """\
+@inproceedings{chen2024visual,
+  title     = {Visual Instruction Tuning with Polite Flamingo},
+  author    = {Chen, Delong and Liu, Jianfeng and Dai, Wenliang and Wang, Baoyuan},
+  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
+  year      = {2024},
+  url       = {https://arxiv.org/abs/2307.01003}
+}"""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One (instruction, original response) turn pair of a source record."""
+
+    id: str  # record id + turn
+    source: str
+    instruction: str
+    original: str
+    images: list[dict[str, Any]]
+    source_row: int
+    record: int  # index into the valid records: what shards cut
+
+
+@dataclass
+class Pairs:
+    """The build's input: candidates, the source rows rejected on conversion, and what pins the source."""
+
+    loaded: LoadedSource
+    converted: ConversionResult
+    candidates: list[Candidate]
+    ref: ArtifactRef
+
+
+def _source_rows(converted: ConversionResult) -> list[int]:
+    """Source row of each valid record (records keep source order; rejected rows are the gaps)."""
+    rejected = {r["row_index"] for r in converted.rejected}
+    total = len(converted.records) + len(converted.rejected)
+    return [i for i in range(total) if i not in rejected]
+
+
+def turn_pairs(record: dict[str, Any], record_index: int, source_row: int) -> list[Candidate]:
+    """Each user turn answered by the next message, with the images its placeholders refer to."""
+    messages, images = record["messages"], record.get("images") or []
+    found, seen = [], 0
+    for k, (user, reply) in enumerate(zip(messages, messages[1:])):
+        placeholders = user["content"].count(IMAGE_PLACEHOLDER)
+        if user["role"] == "user" and reply["role"] == "assistant":
+            used = placeholders + reply["content"].count(IMAGE_PLACEHOLDER)
+            found.append(Candidate(f"{record['id']}#turn{k}", record["source"], user["content"], reply["content"],
+                                   list(images[seen : seen + used]), source_row, record_index))
+        seen += placeholders
+    return found
+
+
+def load_pairs(recipe: PairsRecipe) -> Pairs:
+    loaded = load_source(recipe.source)
+    if recipe.max_rows is not None:
+        loaded = replace(loaded, dataset=loaded.dataset.select(range(min(recipe.max_rows, len(loaded.dataset)))))
+    converted = loaded.to_records("conversation", on_invalid="reject", require_assistant=True)
+    summary = converted.summary()
+    log.info("read %s: %d rows, %d valid, %d rejected %s", recipe.source.describe(), summary["total"],
+             summary["converted"], summary["rejected"], summary["rejected_by_reason"] or "")
+    rows = _source_rows(converted)
+    candidates = [c for i, record in enumerate(converted.records) for c in turn_pairs(record, i, rows[i])]
+    if not candidates:
+        raise SourceError(f"source {recipe.source.describe()}: no (user, assistant) turn pair in its "
+                          f"{summary['total']} rows (rejected: {summary['rejected_by_reason'] or 'none'})")
+    return Pairs(loaded, converted, candidates, loaded.artifact_ref("source"))
+
+
+def _candidates_fingerprint(candidates: Sequence[Candidate]) -> str:
+    """What the distortions see, in order: another split, slice or format of one file gives other rows."""
+    digest = hashlib.sha256()
+    for c in candidates:
+        digest.update(json.dumps([c.id, c.instruction, c.original, c.record], ensure_ascii=False).encode() + b"\n")
+    return digest.hexdigest()[:32]
+
+
+class Work:
+    """One shard store per kind, over shards of source records."""
+
+    def __init__(self, recipe: PairsRecipe, pairs: Pairs, distorter: ArtifactRef | None) -> None:
+        self.plan = ShardPlan(len(pairs.converted.records), recipe.shard_size)
+        base = {"candidates": _candidates_fingerprint(pairs.candidates), "shard_size": recipe.shard_size,
+                "seed": recipe.seed}
+        specs = {"random_augmentation": base,
+                 "llm_instructed": {**base, "distorter": [to_dict(recipe.distorter) if recipe.distorter else None,
+                                                  distorter.sha if distorter else None],
+                                    "decoding": to_dict(recipe.decoding)}}
+        self.stores = {kind: ShardStore(recipe.work_dir, kind, fingerprint(specs[kind]), self.plan.num_shards)
+                       for kind in recipe.kinds}
+
+    def shard_candidates(self, pairs: Pairs, shard: int) -> list[Candidate]:
+        rows = self.plan.rows(shard)
+        return [c for c in pairs.candidates if rows.start <= c.record < rows.stop]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A candidate's distortion, or its rejection with what was seen (e.g. the raw continuation)."""
+
+    result: Distortion | Rejection
+    details: dict[str, Any]  # the Distortion's params, or a Rejection's evidence
+    decoding: dict[str, Any] | None = None  # LLM decoding settings, as applied
+
+
+class LLMDistorter:
+    """The Guanaco prompt continued by a causal LM; loaded only when a shard needs it."""
+
+    def __init__(self, recipe: PairsRecipe, ref: ArtifactRef) -> None:
+        from alignsmith.models.hf_chat import HFChatModel
+
+        spec = recipe.distorter
+        self.model = HFChatModel(ref, dtype=spec.dtype, batch_size=spec.batch_size)
+        self.recipe = recipe
+
+    def distort(self, candidates: Sequence[Candidate], shard: int) -> list[Outcome]:
+        from alignsmith.models.generation import DecodingSettings
+
+        d = self.recipe.decoding
+        settings = DecodingSettings(temperature=d.temperature, top_p=d.top_p, max_new_tokens=d.max_new_tokens,
+                                    seed=row_seed(d.seed, f"shard-{shard}") >> 1)
+        recorded = {**settings.to_dict(), "recipe_seed": d.seed, "batch_size": self.model.batch_size}
+        del recorded["top_logprobs"]
+        drawn = [llm_instructed_prompt(c.instruction, c.original, row_rng(self.recipe.seed, f"llm_instructed/{c.id}"))
+                 for c in candidates]
+        # a prompt that leaves no room to continue is this row's problem, not the batch's
+        fits = [len(self.model.tokenizer(prompt)["input_ids"]) < self.model.context for prompt, _ in drawn]
+        replies = iter(self.model.complete([p for (p, _), ok in zip(drawn, fits) if ok], settings))
+        outcomes: list[Outcome] = []
+        for (_, command), ok in zip(drawn, fits):
+            if not ok:
+                outcomes.append(Outcome(Rejection("llm_instructed", "prompt longer than the distorter's context"),
+                                        {"command": command}, recorded))
+                continue
+            reply = next(replies)
+            cut = cut_at_closing_quote(reply.text)
+            params = {"command": command, "continuation": reply.text, "finish_reason": reply.finish_reason,
+                      "completion_tokens": reply.completion_tokens}
+            outcomes.append(Outcome(cut if isinstance(cut, Rejection) else Distortion("llm_instructed", cut, params),
+                                    params, recorded))
+        return outcomes
+
+
+def _augment(recipe: PairsRecipe, candidates: Sequence[Candidate]) -> list[Outcome]:
+    outcomes = []
+    for c in candidates:
+        result = random_augmentation(c.original, row_rng(recipe.seed, f"random_augmentation/{c.id}"))
+        outcomes.append(Outcome(result, result.params if isinstance(result, Distortion) else {}))
+    return outcomes
+
+
+def _write(store: ShardStore, shard: int, candidates: Sequence[Candidate], outcomes: Sequence[Outcome]) -> None:
+    """One shard as string arrays: the candidate ids, then per row the text or the reason, params, decoding."""
+    texts = [o.result.text if isinstance(o.result, Distortion) else "" for o in outcomes]
+    reasons = [o.result.reason if isinstance(o.result, Rejection) else "" for o in outcomes]
+    params = [json.dumps(o.details, ensure_ascii=False) for o in outcomes]
+    decoding = [json.dumps(o.decoding, ensure_ascii=False) if o.decoding is not None else "" for o in outcomes]
+    store.write(shard, id=np.array([c.id for c in candidates], dtype=str), distorted=np.array(texts, dtype=str),
+                reason=np.array(reasons, dtype=str), params=np.array(params, dtype=str),
+                decoding=np.array(decoding, dtype=str))
+
+
+def compute_shards(recipe: PairsRecipe, pairs: Pairs, work: Work, distorter: ArtifactRef | None) -> None:
+    """Distort every shard of every kind not yet on disk."""
+    llm: LLMDistorter | None = None
+    for kind, store in work.stores.items():
+        todo = store.missing()
+        log.info("%s: %d of %d shard(s) to compute", kind, len(todo), store.num_shards)
+        for shard in todo:
+            candidates = work.shard_candidates(pairs, shard)
+            if kind == "llm_instructed":
+                llm = llm or LLMDistorter(recipe, distorter)
+                outcomes = llm.distort(candidates, shard)
+            else:
+                outcomes = _augment(recipe, candidates)
+            _write(store, shard, candidates, outcomes)
+
+
+def _column(value: str) -> str | None:
+    return value or None
+
+
+Rows = list[dict[str, Any]]
+
+
+def collect(pairs: Pairs, work: Work) -> tuple[dict[str, Rows], Rows]:
+    """Published rows per kind, and the rejected rows (conversion first, then distortion) in source order."""
+    by_id = {c.id: c for c in pairs.candidates}
+    rows: dict[str, list[dict[str, Any]]] = {}
+    rejected = [{**r, "stage": "convert"} for r in pairs.converted.rejected]
+    for kind, store in work.stores.items():
+        rows[kind] = []
+        for shard in store.read_all():
+            for i, distorted, reason, params, decoding in zip(shard["id"], shard["distorted"], shard["reason"],
+                                                              shard["params"], shard["decoding"]):
+                c = by_id[str(i)]
+                if reason:
+                    raw = {"instruction": c.instruction, "original": c.original, "details": json.loads(str(params)),
+                           "decoding": json.loads(str(decoding)) if decoding else None}
+                    rejected.append({"row_index": c.source_row, "id": c.id, "field": "original", "reason": str(reason),
+                                     "code": kind, "stage": kind, "raw": json.dumps(raw, ensure_ascii=False)})
+                    continue
+                rows[kind].append({"id": c.id, "source": c.source, "instruction": c.instruction,
+                                   "original": c.original, "distorted": str(distorted), "images": c.images,
+                                   "kind": kind, "params": str(params), "decoding": _column(str(decoding)),
+                                   "source_row": c.source_row})
+    rejected.sort(key=lambda r: r["row_index"])
+    return rows, rejected
+
+
+def _pair_features():
+    import datasets
+
+    text = datasets.Value("string")
+    return datasets.Features({"id": text, "source": text, "instruction": text, "original": text, "distorted": text,
+                              "images": datasets.List(datasets.Image()), "kind": text, "params": text,
+                              "decoding": text, "source_row": datasets.Value("int64")})
+
+
+def length_ratios(rows: Sequence[dict[str, Any]]) -> np.ndarray:
+    """len(distorted) / len(original), in characters: how much a kind compresses."""
+    return np.array([len(r["distorted"]) / max(len(r["original"]), 1) for r in rows], dtype=float)
+
+
+CONFIG_DESCRIPTIONS = {
+    "random_augmentation": "pairs distorted by the README's nlpaug recipe (truncate, shuffle, char, word); "
+    "`params` holds the steps drawn.",
+    "llm_instructed": "pairs distorted by the Guanaco prompt continued by the distorter; `params` holds the command "
+    "drawn and the raw continuation, `decoding` the decoding settings.",
+    "rejected": "source rows that are not valid conversations (stage `convert`) and candidates a distortion could not "
+    "turn into a pair (stage = kind), with the reason.",
+}
+
+
+def _card(recipe: PairsRecipe, pairs: Pairs, rows: dict[str, list[dict[str, Any]]],
+          rejected: list[dict[str, Any]]) -> CardContent:
+    stats: dict[str, Any] = {"source rows": len(pairs.converted.records) + len(pairs.converted.rejected),
+                             "rejected source rows": len(pairs.converted.rejected),
+                             "candidates (turn pairs)": len(pairs.candidates)}
+    stats |= {f"pairs: {kind}": len(kind_rows) for kind, kind_rows in rows.items()}
+    reasons = Counter((r["stage"], r["reason"] if r["stage"] != "convert" else r["code"]) for r in rejected)
+    stats |= {f"rejected ({stage}): {reason}": n for (stage, reason), n in sorted(reasons.items())}
+    ratios = {kind: length_ratios(kind_rows) for kind, kind_rows in rows.items()}
+    stats |= {f"mean length ratio distorted/original: {kind}": round(float(r.mean()), 4) if r.size else "n/a"
+              for kind, r in ratios.items()}
+    decoding = recipe.decoding
+    return CardContent(
+        title=f"Polite Flamingo distortion pairs: {recipe.output.repo_id}",
+        summary=(f"(distorted, original) response pairs for training a Polite Flamingo rewriter, from "
+                 f"`{pairs.ref.portable().repo_id}`; one config per distortion kind. LLM-instructed decoding "
+                 f"(temperature {decoding.temperature}, top_p {decoding.top_p}, max_new_tokens "
+                 f"{decoding.max_new_tokens}) is this build's choice: the paper does not publish it."),
+        license=recipe.output.license,
+        tags=["polite-flamingo", "distortion", "rewriting"],
+        statistics=stats,
+        figures=[histogram(ratios, "Length ratio distorted/original (characters)", "ratio", "length_ratio.png")],
+        config_descriptions=CONFIG_DESCRIPTIONS,
+        citation=POLITE_FLAMINGO_CITATION,
+        metadata={"task_categories": ["text-generation"]},
+    )
+
+
+def run(recipe: PairsRecipe) -> Release:
+    """``build pf-pairs``: distort every shard not done yet, then publish one config per kind plus ``rejected``."""
+    ensure_tag_free(recipe.output.repo_id, "dataset", recipe.output.tag)
+    pairs = load_pairs(recipe)
+    distorter = (pin("distorter", recipe.distorter.model, "model", recipe.distorter.revision)
+                 if "llm_instructed" in recipe.kinds else None)
+    work = Work(recipe, pairs, distorter)
+    compute_shards(recipe, pairs, work, distorter)
+    rows, rejected = collect(pairs, work)
+    features = _pair_features()
+    configs = {kind: {"train": dataset_from_rows(kind_rows, features)} for kind, kind_rows in rows.items()}
+    configs["rejected"] = {"train": dataset_from_rows(rejected, rejected_features("stage"))}
+    lineage = Lineage(command="build pf-pairs", recipe=to_dict(recipe), inputs=[pairs.ref],
+                      models=[distorter] if distorter else [])
+    return publish_dataset(recipe.output, configs, _card(recipe, pairs, rows, rejected), lineage,
+                           default_config=recipe.kinds[0])

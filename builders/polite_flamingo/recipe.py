@@ -1,0 +1,65 @@
+"""The Polite Flamingo pairs recipe (``recipes/build/pf-pairs/*.yaml``): (distorted, original) response pairs.
+
+Kept free of heavy imports so ``alignsmith build pf-pairs --help`` is instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from alignsmith.recipes import HubRecipe, OutputRepo, RecipeError, help_text
+from alignsmith.sources import DatasetSource
+
+PairKind = Literal["random_augmentation", "llm_instructed"]
+
+
+@dataclass(kw_only=True)
+class DistorterSpec:
+    """The causal LM that continues the Guanaco distortion prompt (the paper: timdettmers/guanaco-33b)."""
+
+    model: str = help_text("Hub repo id or local folder of a causal LM (a PEFT adapter is loaded on its base).")
+    revision: str | None = help_text("Branch, tag or sha (Hub models only); pinned to a sha.", default=None)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = help_text(
+        "'auto': bf16 on GPU, fp32 on CPU.", default="auto")
+    batch_size: int = help_text("Prompts per generate call (length-sorted, left-padded).", default=8, minimum=1)
+
+
+@dataclass(kw_only=True)
+class DecodingSpec:
+    """Decoding of the distortion continuations. The paper does not publish these: they are this
+    build's choices, recorded on every row."""
+
+    temperature: float = help_text("0 is greedy; the paper's value is unpublished.", default=0.7, minimum=0)
+    top_p: float = help_text("Nucleus sampling mass (unpublished in the paper).", default=0.9,
+                             exclusive_minimum=0, maximum=1)
+    max_new_tokens: int = help_text(
+        "Continuation budget; a continuation that reaches it without a closing quote is rejected.",
+        default=512, minimum=1)
+    seed: int = help_text("Sampling seed (per batch, see alignsmith.models.hf_chat).", default=0)
+
+
+@dataclass(kw_only=True)
+class PairsRecipe(HubRecipe):
+    source: DatasetSource = help_text(
+        "Any conversation dataset (text-only or with images); each (user, assistant) turn pair is one candidate.")
+    kinds: list[PairKind] = help_text(
+        "Distortions to build, one published config each (captions_and_boxes needs a captions+boxes dataset "
+        "and is not built here).",
+        default_factory=lambda: ["random_augmentation", "llm_instructed"])
+    distorter: DistorterSpec | None = help_text("The LLM of 'llm_instructed' (needed by it only).", default=None)
+    decoding: DecodingSpec = field(default_factory=DecodingSpec)
+    seed: int = help_text("Seed of every per-row draw (commands, augmentation steps).", default=0)
+    max_rows: int | None = help_text("Use only the first N source rows (null: all).", default=None, minimum=1)
+    work_dir: str = help_text("Where finished shards are kept; a rerun resumes from them.", default="runs/pf-pairs")
+    shard_size: int = help_text("Source rows per work shard (the unit of resumption).", default=256, minimum=1)
+    output: OutputRepo = help_text("Dataset repo (and tag) to publish to.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.kinds or len(set(self.kinds)) != len(self.kinds):
+            raise RecipeError(f"kinds: expected distinct kinds, at least one, got {self.kinds}")
+        if "llm_instructed" in self.kinds and self.distorter is None:
+            raise RecipeError("distorter: needed by kind 'llm_instructed'")
+        if "llm_instructed" not in self.kinds and self.distorter is not None:
+            raise RecipeError("distorter: used only by kind 'llm_instructed', which `kinds` leaves out; remove it")

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from hardware import load_average
+from batching import compare
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,32 +33,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from alignsmith.models.generation import DecodingSettings
-    from alignsmith.models.hf_chat import HFChatModel
     from alignsmith.models.tiny import build_causal_lm
     from evaluation.answers import mt_bench, turn_messages
 
     torch.set_num_threads(args.threads)
     conversations = [turn_messages(q, 1, []) for q in mt_bench().questions[: args.questions]]
-    greedy = DecodingSettings(temperature=0.0, max_new_tokens=args.max_new_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_causal_lm(Path(tmp) / "tiny", hidden_size=args.hidden_size, num_layers=args.layers,
                                  max_position_embeddings=2048, seed=0)
-        results = {}
-        for name, batch_size in (("one at a time", 1), (f"batched ({args.batch_size})", args.batch_size)):
-            model = HFChatModel(str(folder), dtype="float32", device="cpu", batch_size=batch_size)
-            model.generate(conversations[:1], greedy)  # warm-up
-            start = time.perf_counter()
-            completions = model.generate(conversations, greedy)
-            seconds = time.perf_counter() - start
-            tokens = sum(c.completion_tokens for c in completions)
-            results[name] = ([c.text for c in completions], seconds, tokens)
-            print(f"{name:<16} {len(conversations)} answers, {tokens} tokens in {seconds:.2f} s: "
-                  f"{len(conversations) / seconds:.2f} answers/s, {tokens / seconds:.1f} tokens/s (load {load_average()})")
-    (single, t_single, _), (batched, t_batched, _) = results.values()
-    assert single == batched, "batched greedy answers differ from one-at-a-time answers"
-    print(f"identical answers; batched is {t_single / t_batched:.1f}x faster "
-          f"(python {shlex.join(sys.argv)}, {args.threads} thread(s))")
+        compare(folder, conversations, "generate", args.max_new_tokens, args.batch_size, "answers", args.threads)
     return 0
 
 

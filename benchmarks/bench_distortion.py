@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from hardware import load_average
+from batching import compare
 
 POOL = Path(__file__).resolve().parents[1] / "data" / "hh_rlhf" / "pool.jsonl"
 
@@ -55,32 +53,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from alignsmith.models.generation import DecodingSettings
-    from alignsmith.models.hf_chat import HFChatModel
     from alignsmith.models.tiny import build_causal_lm
 
     torch.set_num_threads(args.threads)
     prompts = guanaco_prompts(args.prompts, args.max_chars)
-    greedy = DecodingSettings(temperature=0.0, max_new_tokens=args.max_new_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_causal_lm(Path(tmp) / "tiny", hidden_size=args.hidden_size, num_layers=args.layers,
                                  max_position_embeddings=4096, seed=0)
-        results = {}
-        for name, batch_size in (("one at a time", 1), (f"batched ({args.batch_size})", args.batch_size)):
-            model = HFChatModel(str(folder), dtype="float32", device="cpu", batch_size=batch_size)
-            model.complete(prompts[:1], greedy)  # warm-up
-            start = time.perf_counter()
-            completions = model.complete(prompts, greedy)
-            seconds = time.perf_counter() - start
-            tokens = sum(c.completion_tokens for c in completions)
-            prompt_tokens = sum(c.prompt_tokens for c in completions)
-            results[name] = ([c.text for c in completions], seconds)
-            print(f"{name:<16} {len(prompts)} prompts ({prompt_tokens} prompt tokens), {tokens} new tokens in "
-                  f"{seconds:.2f} s: {len(prompts) / seconds:.2f} prompts/s (load {load_average()})")
-    (single, t_single), (batched, t_batched) = results.values()
-    assert single == batched, "batched greedy continuations differ from one-at-a-time continuations"
-    print(f"identical continuations; batched is {t_single / t_batched:.1f}x faster "
-          f"(python {shlex.join(sys.argv)}, {args.threads} thread(s))")
+        compare(folder, prompts, "complete", args.max_new_tokens, args.batch_size, "prompts", args.threads)
     return 0
 
 

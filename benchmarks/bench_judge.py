@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                                  max_position_embeddings=4096, seed=0)
         judge = HFChatModel(str(folder), dtype="float32", device="cpu", batch_size=args.batch_size)
         judge.generate([requests[0].messages], greedy)  # warm-up
-        # a local folder has no commit: its content hash, cut to a sha's length, keys this throwaway cache
-        identity = JudgeIdentity(repo_id=folder.name, revision=content_sha256(folder)[:40])
+        identity = JudgeIdentity(repo_id=folder.name, revision=content_sha256(folder))  # a local folder's pin
         results = {}
         for name in ("cold (judge asked)", "cached"):
             with JudgeCache(Path(tmp) / "judge_cache.sqlite") as cache:

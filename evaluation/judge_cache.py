@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from alignsmith.errors import AlignsmithError
 
-SHA = re.compile(r"^[0-9a-f]{40}$")
+SHA = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")  # a Hub commit, or a local folder's content sha256
 BUSY_TIMEOUT_MS = 60_000
 
 
@@ -32,8 +32,9 @@ class JudgeCacheError(AlignsmithError):
 class JudgeIdentity:
     """Who answers: a Hub model at a commit (``repo_id`` + ``revision``) or a served model (``endpoint`` + ``model``).
 
-    A Hub judge must be pinned to a 40-character commit sha: a branch name moves, and answers cached
-    under it would silently mix two models.
+    A judge model must be pinned: a Hub model to its 40-character commit sha, a local folder to the
+    sha256 of its content (as :func:`alignsmith.lineage.pin` records it). A branch name moves, and
+    answers cached under it would silently mix two models.
     """
 
     repo_id: str | None = None
@@ -46,7 +47,8 @@ class JudgeIdentity:
         if hub == served:
             raise JudgeCacheError("a judge is either a Hub model (repo_id + revision) or an endpoint (endpoint + model)")
         if hub and not (self.revision and SHA.match(self.revision)):
-            raise JudgeCacheError(f"judge {self.repo_id}: revision must be a commit sha, got {self.revision!r}")
+            raise JudgeCacheError(f"judge {self.repo_id}: revision must be a commit sha (or a local folder's content sha256), "
+                                  f"got {self.revision!r}")
         if served and not self.model:
             raise JudgeCacheError(f"judge at {self.endpoint}: the model name is required")
 

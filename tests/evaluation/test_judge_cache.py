@@ -38,6 +38,12 @@ def test_judges_must_be_pinned(kwargs):
         JudgeIdentity(**kwargs)
 
 
+def test_a_local_judge_is_pinned_by_its_content_hash():
+    local = JudgeIdentity(repo_id="tiny-judge", revision="c" * 64)
+    assert cache_key(local, MESSAGES, GREEDY) != cache_key(JudgeIdentity(repo_id="tiny-judge", revision="d" * 64),
+                                                           MESSAGES, GREEDY)
+
+
 def test_rerun_is_served_from_the_cache(tmp_path):
     calls = []
 

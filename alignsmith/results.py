@@ -223,7 +223,7 @@ def write_model_index(model_repo: str, model_sha: str, rows: Sequence[ResultRow]
         data = ModelCardData(**(metadata or {}))
         data.eval_results = [r for r in data.eval_results or [] if _index_key(r) not in new_keys] + new
         data.model_name = data.model_name or model_repo
-        card = str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
+        card = card_text(ModelCard, data.to_dict(), body)
         try:
             info = api.create_commit(model_repo, [CommitOperationAdd("README.md", card.encode())], revision="main",
                                      parent_commit=head,

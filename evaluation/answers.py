@@ -178,8 +178,8 @@ def pin_chat_model(spec: ChatModelSpec, role: str) -> tuple[ChatModelSpec, Artif
 
 
 def load_chat(spec: ChatModelSpec) -> ChatModel:
-    """The default loader: a Hub/local model run here (a tokenizer without a chat template is refused as it
-    loads), or an OpenAI-compatible endpoint."""
+    """The default loader: a Hub/local model run here (a tokenizer without a chat template is refused at its
+    first conversation), or an OpenAI-compatible endpoint."""
     from alignsmith.models.chat import load_chat_model
 
     return load_chat_model(spec)
@@ -228,7 +228,7 @@ def generate_all(recipe: AnswersRecipe, prompts: PromptSet, spec: ChatModelSpec,
     todo = store.missing()
     log.info("%d question(s) in %d shard(s), %d to answer", len(prompts.questions), plan.num_shards, len(todo))
     if todo:
-        model = load_model(spec)  # refuses a model without a chat template, before anything is generated
+        model = load_model(spec)  # a model without a chat template is refused at its first batch, before any shard is written
         for shard in tqdm(todo, desc="answer shards", unit="shard"):
             span = plan.rows(shard)
             rows = answer_shard(model, prompts.questions[span.start : span.stop], prompts, recipe.decoding)

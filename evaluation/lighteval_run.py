@@ -178,13 +178,9 @@ def run(recipe: LightevalRecipe) -> ResultsRun:
 
 
 def _refuse_adapter(model: ArtifactRef) -> None:
-    from huggingface_hub import HfApi
+    from alignsmith.models.loading import is_adapter
 
-    if model.repo_type == "local":
-        adapter = (Path(model.repo_id) / "adapter_config.json").is_file()
-    else:
-        adapter = HfApi().file_exists(model.repo_id, "adapter_config.json", revision=model.sha)
-    if adapter:
+    if is_adapter(model):
         raise LightevalError(f"model {model.repo_id}@{model.sha} is a PEFT adapter, which alignsmith eval lighteval "
                              "does not evaluate yet (lighteval 0.13's adapter backend is broken): publish merged "
                              "weights and evaluate those")

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from alignsmith.lineage import ArtifactRef, load_revision
-from alignsmith.models.loading import ModelLoadError, pinned
+from alignsmith.models.loading import ModelLoadError, is_adapter, pinned
 from alignsmith.recipes import RecipeError
 
 from training.recipes import BaseModelSpec
 
 log = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 @dataclass
@@ -38,7 +36,7 @@ def load_base_model(ref: BaseModelSpec) -> BaseModel:
     from transformers import AutoTokenizer
 
     artifact = pinned(ref.path, ref.revision, "base_model")
-    was_adapter = _is_adapter(artifact.repo_id, load_revision(artifact))
+    was_adapter = is_adapter(artifact)
     try:
         model, ancestors = _load_weights(ref, artifact, was_adapter)
         tokenizer = AutoTokenizer.from_pretrained(artifact.repo_id, revision=load_revision(artifact))
@@ -70,13 +68,6 @@ def _load_weights(ref: BaseModelSpec, artifact: ArtifactRef, is_adapter: bool) -
         return model, [adapter_base]
     return AutoModelForCausalLM.from_pretrained(artifact.repo_id, revision=load_revision(artifact), **load_kwargs), []
 
-
-def _is_adapter(location: str, revision: str | None) -> bool:
-    if revision is None:
-        return (Path(location) / ADAPTER_CONFIG).is_file()
-    from huggingface_hub import HfApi
-
-    return HfApi().file_exists(location, ADAPTER_CONFIG, revision=revision)
 
 
 def _merged_adapter(location: str, revision: str | None, load_kwargs: dict[str, Any]) -> tuple[Any, ArtifactRef]:

@@ -15,7 +15,6 @@ model's ``generation_config``, as vLLM and ``transformers serve`` do.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,14 +23,13 @@ from alignsmith.errors import AlignsmithError
 from alignsmith.lineage import ArtifactRef, load_revision
 from alignsmith.models.batching import context_length, length_sorted_batches, pad_id
 from alignsmith.models.generation import Completion, DecodingSettings, Message, per_row
-from alignsmith.models.loading import ModelLoadError, PinnedModel, load_pretrained, pinned
+from alignsmith.models.loading import ModelLoadError, PinnedModel, has_file, is_adapter, load_pretrained, pinned
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ROLE = "chat_model"
-ADAPTER_CONFIG = "adapter_config.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
@@ -56,7 +54,7 @@ class HFChatModel(PinnedModel):
         self.batch_size = batch_size
         self.model_ref = pinned(model, revision, ROLE)
         self.base_ref: ArtifactRef | None = None  # the base under a PEFT adapter
-        if _has_file(self.model_ref, ADAPTER_CONFIG):
+        if is_adapter(self.model_ref):
             self.model, self.tokenizer = self._load_adapter(dtype, device)
         else:
             self.model, self.tokenizer = load_pretrained(self.model_ref, dtype=dtype, device=device)
@@ -79,7 +77,7 @@ class HFChatModel(PinnedModel):
         self.base_ref = pinned(config.base_model_name_or_path, config.revision, f"{ref.role}_base")
         base, tokenizer = load_pretrained(self.base_ref, dtype=dtype, device=device)
         try:
-            if _has_file(ref, TOKENIZER_CONFIG):  # adapters trained with a new chat template ship their tokenizer
+            if has_file(ref, TOKENIZER_CONFIG):  # adapters trained with a new chat template ship their tokenizer
                 tokenizer = AutoTokenizer.from_pretrained(ref.repo_id, revision=revision)
             # merged: generation runs plain weights, faster and equal up to rounding
             model = PeftModel.from_pretrained(base, ref.repo_id, revision=revision).merge_and_unload()
@@ -233,12 +231,3 @@ def left_pad(prompts: Sequence[Sequence[int]], pad: int, device: torch.device) -
 def batch_seed(seed: int, first_row: int) -> int:
     """A batch's sampling seed, mixed from the settings' seed and the batch's first row (see the module docstring)."""
     return int(np.random.SeedSequence([seed, first_row]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def _has_file(ref: ArtifactRef, filename: str) -> bool:
-    """Whether the pinned model folder or commit holds ``filename``."""
-    if ref.repo_type == "local":
-        return (Path(ref.repo_id) / filename).is_file()
-    from huggingface_hub import HfApi
-
-    return HfApi().file_exists(ref.repo_id, filename, revision=load_revision(ref))

@@ -6,6 +6,7 @@ Every stage that runs a model (scorers, embedders, judges, rewriters) pins it fi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignsmith.errors import AlignsmithError
@@ -14,6 +15,9 @@ from alignsmith.lineage import ArtifactRef, load_revision, pin
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+ADAPTER_CONFIG = "adapter_config.json"  # what makes a model folder or repo a PEFT adapter
 
 
 class ModelLoadError(AlignsmithError):
@@ -44,6 +48,20 @@ def pinned(model: str | ArtifactRef, revision: str | None, role: str) -> Artifac
         return pin(role, model, "model", revision)
     except AlignsmithError as err:
         raise ModelLoadError(str(err)) from None
+
+
+def has_file(ref: ArtifactRef, filename: str) -> bool:
+    """Whether the pinned model folder or commit holds ``filename``."""
+    if ref.repo_type == "local":
+        return (Path(ref.repo_id) / filename).is_file()
+    from huggingface_hub import HfApi
+
+    return HfApi().file_exists(ref.repo_id, filename, revision=load_revision(ref))
+
+
+def is_adapter(ref: ArtifactRef) -> bool:
+    """Whether the pinned model is a PEFT adapter (to be loaded onto its own base)."""
+    return has_file(ref, ADAPTER_CONFIG)
 
 
 def in_memory_ref(model: Any, role: str) -> ArtifactRef:

@@ -199,21 +199,23 @@ def model_card(
     *,
     base_model: str | None,
     library_name: str = "transformers",
-    pipeline_tag: str = "text-generation",
+    pipeline_tag: str | None = None,
     eval_results: Sequence["EvalResult"] = (),
     revision_hint: str = "main",
+    vision: bool = False,
 ) -> str:
     """A ``ModelCard`` whose ``datasets`` list links the training data's Hub pages.
 
     ``eval_results`` (``huggingface_hub.EvalResult``) become the card's ``model-index`` under the
-    name ``repo_id``, the shape the Hub and leaderboards read.
+    name ``repo_id``, the shape the Hub and leaderboards read. ``vision``: an image-text-to-text model,
+    loaded with its processor (the default ``pipeline_tag`` follows).
     """
     from huggingface_hub import ModelCard
 
     metadata = {
         "base_model": base_model or None,  # None-valued keys are left out of the card
         "library_name": library_name,
-        "pipeline_tag": pipeline_tag,
+        "pipeline_tag": pipeline_tag or ("image-text-to-text" if vision else "text-generation"),
         "license": content.license or None,
         "tags": sorted({"alignsmith", *content.tags}),
         "datasets": lineage.source_datasets() or None,
@@ -222,19 +224,33 @@ def model_card(
         **content.metadata,
         LINEAGE_KEY: lineage.to_metadata(),
     }
-    if library_name == "peft":
-        load = (
-            "```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
-            f'model = AutoPeftModelForCausalLM.from_pretrained("{repo_id}", revision="{revision_hint}")\n'
-            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}", revision="{revision_hint}")\n```'
-        )
-    else:
-        load = (
-            "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-            f'model = AutoModelForCausalLM.from_pretrained("{repo_id}", revision="{revision_hint}")\n'
-            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}", revision="{revision_hint}")\n```'
-        )
+    load = _loading_snippet(repo_id, revision_hint, adapter=library_name == "peft", vision=vision)
     return card_text(ModelCard, metadata, _body(content, lineage, load))
+
+
+def _loading_snippet(repo_id: str, revision: str, *, adapter: bool, vision: bool) -> str:
+    """How to load the release: a causal LM and its tokenizer, or an image-text-to-text model and its processor;
+    an adapter on the base its config pins."""
+    at = f'"{repo_id}", revision="{revision}"'
+    if vision:
+        if adapter:
+            lines = ["from peft import PeftConfig, PeftModel",
+                     "from transformers import AutoModelForImageTextToText, AutoProcessor", "",
+                     f"config = PeftConfig.from_pretrained({at})",
+                     "base = AutoModelForImageTextToText.from_pretrained(config.base_model_name_or_path, "
+                     "revision=config.revision)",
+                     f"model = PeftModel.from_pretrained(base, {at})"]
+        else:
+            lines = ["from transformers import AutoModelForImageTextToText, AutoProcessor", "",
+                     f"model = AutoModelForImageTextToText.from_pretrained({at})"]
+        lines.append(f"processor = AutoProcessor.from_pretrained({at})")
+    else:
+        model_class = "AutoPeftModelForCausalLM" if adapter else "AutoModelForCausalLM"
+        lines = ["from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer" if adapter
+                 else "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                 f"model = {model_class}.from_pretrained({at})",
+                 f"tokenizer = AutoTokenizer.from_pretrained({at})"]
+    return "```python\n" + "\n".join(lines) + "\n```"
 
 
 def histogram(series: Mapping[str, Sequence[float]], title: str, xlabel: str, filename: str, bins: int = 40) -> Figure:

@@ -133,8 +133,27 @@ def set_stop_tokens(tokenizer: Any, model: Any, end_of_turn: int | None = None) 
         model.generation_config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
 
 
-def prepare_chat(tokenizer: Any, model: Any, supplied: str | None, eos_token: str | None, *, need_markers: bool) -> str:
-    """Install the training chat template on ``tokenizer`` (it ships with the model) and fix the stop tokens.
+RAW_PROMPTS = "none: raw prompt/completion text"
+
+
+def prepare_raw(tokenizer: Any, model: Any, eos_token: str | None) -> str:
+    """Fix the EOS and stop tokens for raw prompt/completion training, which uses no chat template."""
+    use_eos_token(tokenizer, eos_token)
+    set_stop_tokens(tokenizer, model)
+    return RAW_PROMPTS
+
+
+def prepare_chat(
+    tokenizer: Any,
+    model: Any,
+    supplied: str | None,
+    eos_token: str | None,
+    *,
+    need_markers: bool,
+    processor: Any | None = None,
+) -> str:
+    """Install the training chat template on ``tokenizer`` (and a vision model's ``processor``, which renders
+    its conversations) and fix the stop tokens; the template ships with the model.
 
     Returns where the template came from, for the model card.
     """
@@ -147,5 +166,7 @@ def prepare_chat(tokenizer: Any, model: Any, supplied: str | None, eos_token: st
         _render_probe(tokenizer, template)
     set_stop_tokens(tokenizer, model, end_of_turn)
     tokenizer.chat_template = template
+    if processor is not None:
+        processor.chat_template = template
     log.info("chat template: %s", origin)
     return origin

@@ -17,6 +17,7 @@ from alignsmith.converters import RecordKind
 from alignsmith.errors import AlignsmithError
 from alignsmith.lineage import ArtifactRef
 from alignsmith.mixtures import MixtureRecipe, mixture_ref, shuffle_and_split, weighted_sample
+from alignsmith.records import IMAGE_PLACEHOLDER
 from alignsmith.sources import LoadedSource, load_source
 
 if TYPE_CHECKING:
@@ -54,14 +55,23 @@ class TrainingData:
     parts: list[MixturePart]
 
 
-def load_mixture(recipe: MixtureRecipe, kind: RecordKind) -> TrainingData:
-    """Load, validate, weight, mix and split ``recipe.datasets`` as ``kind`` records in trl's columns."""
+def load_mixture(
+    recipe: MixtureRecipe, kind: RecordKind, *, prompt_format: str = "chat", vision: bool = False
+) -> TrainingData:
+    """Load, validate, weight, mix and split ``recipe.datasets`` as ``kind`` records in trl's columns.
+
+    ``prompt_format="raw"`` turns single-turn conversations into trl's standard prompt-completion
+    columns; ``vision`` (an image-text-to-text base) keeps each row's images in an ``images`` column
+    and, for chat, places them in their turns as structured content.
+    """
     import datasets
 
     samples, inputs, parts = [], [], []
     for index, entry in enumerate(recipe.datasets):
         loaded = load_source(entry)
-        rows = datasets.Dataset.from_list(_validated_rows(loaded, kind))
+        rows = datasets.Dataset.from_list(_validated_rows(loaded, kind, prompt_format, vision))
+        if vision:
+            rows = rows.cast_column("images", datasets.List(datasets.Image()))
         sample = weighted_sample(rows, entry, seed=(recipe.seed, index))
         samples.append(sample)
         inputs.append(mixture_ref(loaded, "train"))
@@ -70,7 +80,36 @@ def load_mixture(recipe: MixtureRecipe, kind: RecordKind) -> TrainingData:
     return TrainingData(train, held_out, inputs, parts)
 
 
-def _validated_rows(loaded: LoadedSource, kind: RecordKind) -> list[dict[str, Any]]:
+def for_model(data: TrainingData, tokenizer: Any, image_token: str | None, *, raw: bool) -> TrainingData:
+    """Put what the loaded model's tokenizer decides into the rows, now that it is loaded.
+
+    Raw completions end with the EOS (the model learns to stop; trl adds it to text rows only).
+    For a vision-language model, raw prompts get the processor's image token in place of each
+    ``<image>`` placeholder and the BOS the tokenizer would add (trl's vision collator adds no
+    special tokens, while a processor called at inference time does).
+    """
+    if not raw:
+        return data
+    bos = tokenizer.bos_token if image_token is not None and _adds_bos(tokenizer) else ""
+    eos = tokenizer.eos_token
+
+    def render(row: dict[str, Any]) -> dict[str, Any]:
+        prompt = row["prompt"] if image_token is None else row["prompt"].replace(IMAGE_PLACEHOLDER, image_token)
+        completion = row["completion"] if row["completion"].endswith(eos) else row["completion"] + eos
+        return {"prompt": bos + prompt, "completion": completion}
+
+    def each(dataset: datasets.Dataset | None) -> datasets.Dataset | None:
+        return None if dataset is None else dataset.map(render, desc="rendering prompts for the model")
+
+    return TrainingData(each(data.train), each(data.eval), data.inputs, data.parts)
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    ids = tokenizer("x")["input_ids"]
+    return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def _validated_rows(loaded: LoadedSource, kind: RecordKind, prompt_format: str, vision: bool) -> list[dict[str, Any]]:
     """The source's rows as canonical ``kind`` records, reduced to trl's columns; any bad row is fatal."""
     result = loaded.to_records(kind, on_invalid="reject")
     where = loaded.source.describe()
@@ -86,11 +125,53 @@ def _validated_rows(loaded: LoadedSource, kind: RecordKind) -> list[dict[str, An
     if result.unused_columns:
         log.info("%s: columns not used for training: %s", where, ", ".join(sorted(result.unused_columns)))
     with_images = next((r for r in result.records if r["images"]), None)
-    if with_images is not None:
+    if with_images is not None and not vision:
         raise TrainingDataError(
-            f"{where}: record {with_images['id']!r}, field 'images': text-only training cannot use images"
+            f"{where}: record {with_images['id']!r}, field 'images': the base model is text-only; train an "
+            "image-text-to-text model on rows with images"
         )
+    if prompt_format == "raw":
+        return [_raw_row(record, where, vision) for record in result.records]
+    if vision:
+        return [_vision_chat_row(record, where) for record in result.records]
     return [{column: _trl_value(record, column) for column in TRL_COLUMNS[kind]} for record in result.records]
+
+
+def _raw_row(record: dict[str, Any], where: str, vision: bool) -> dict[str, Any]:
+    """A single-turn conversation as trl's standard prompt-completion row (the text as is)."""
+    roles = [message["role"] for message in record["messages"]]
+    if roles != ["user", "assistant"] or record.get("tools"):
+        raise TrainingDataError(
+            f"{where}: record {record['id']!r}, field 'messages': prompt_format raw trains on one prompt and its "
+            f"completion (a user turn, then an assistant turn, no tools); this record has roles {roles}"
+        )
+    prompt, completion = (message["content"] for message in record["messages"])
+    if IMAGE_PLACEHOLDER in completion:
+        raise TrainingDataError(f"{where}: record {record['id']!r}, field 'completion': an image in the completion "
+                                "cannot be trained on; images belong in the prompt")
+    row = {"prompt": prompt, "completion": completion}
+    return row | {"images": record["images"]} if vision else row
+
+
+def _vision_chat_row(record: dict[str, Any], where: str) -> dict[str, Any]:
+    """Messages as structured content with each image part where its placeholder was (trl would otherwise put
+    every image before the first user turn)."""
+    if record.get("tools"):
+        raise TrainingDataError(f"{where}: record {record['id']!r}, field 'tools': tool calls are not supported "
+                                "with images")
+    messages = [{"role": m["role"], "content": _parts(m["content"])} for m in record["messages"]]
+    return {"messages": messages, "images": record["images"]}
+
+
+def _parts(content: str) -> list[dict[str, Any]]:
+    pieces = content.split(IMAGE_PLACEHOLDER)
+    parts: list[dict[str, Any]] = []
+    for index, text in enumerate(pieces):
+        if index:
+            parts.append({"type": "image", "text": None})
+        if text:
+            parts.append({"type": "text", "text": text})
+    return parts
 
 
 def _trl_value(record: dict[str, Any], column: str) -> Any:

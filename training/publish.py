@@ -79,6 +79,8 @@ def publish_model(
     if base.card_base_model is not None:
         metadata["base_model_relation"] = "adapter" if library == "peft" else "finetune"
     inherited = {} if recipe.output.license else _base_license(base)
+    vision = base.processor is not None
+    usage_title, usage = _usage_section(recipe, adapter_only=library == "peft", vision=vision)
     content = CardContent(
         title=recipe.output.repo_id.split("/")[-1],
         summary=_summary(recipe, base, data),
@@ -87,7 +89,7 @@ def publish_model(
         statistics=_statistics(summary, data),
         figures=_figures(summary.log_history),
         extra_sections={"Training": _training_section(recipe, summary),
-                        "Chat": _chat_section(adapter_only=library == "peft"),
+                        usage_title: usage,
                         "Framework versions": _framework_versions()},
         metadata=metadata | inherited,
     )
@@ -99,6 +101,7 @@ def publish_model(
         base_model=base.card_base_model,
         library_name=library,
         revision_hint=revision_hint,
+        vision=vision,
     )
     return publish_folder(recipe.output, folder, card, lineage, figures=content.figures)
 
@@ -194,8 +197,23 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
 
-def _chat_section(adapter_only: bool) -> str:
-    """How to chat with the release; an unmerged adapter has no generation config of its own."""
+def _usage_section(recipe: TrainRecipe, adapter_only: bool, vision: bool) -> tuple[str, str]:
+    """(title, text): how to prompt the release: its chat template, or the raw layout it was trained on."""
+    if recipe.raw_prompts:
+        reader = "processor" if vision else "tokenizer"
+        call = 'processor(images=images, text=prompt, return_tensors="pt")' if vision else \
+            'tokenizer(prompt, return_tensors="pt")'
+        text = (
+            "Trained on raw prompt/completion text, without a chat template: the loss covered the completion "
+            "(ending with EOS) only. Give it a prompt laid out exactly like the `prompt` column of its training data"
+            + (" (the processor's image token where each image goes)" if vision else "")
+            + f", and it writes the completion. With `model` and `{reader}` loaded as above:\n\n"
+            f"```python\ninputs = {call}\n"
+            f"output = model.generate(**inputs, max_new_tokens=256, eos_token_id={reader}"
+            f"{'.tokenizer' if vision else ''}.eos_token_id)\n"
+            f'print({reader}.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))\n```'
+        )
+        return "Prompting", text
     if adapter_only:
         stopping = (
             "The tokenizer carries the chat template the model was trained with. An adapter has no generation "
@@ -208,12 +226,23 @@ def _chat_section(adapter_only: bool) -> str:
             "stops at the end of the assistant's turn."
         )
         stop_kwarg = ""
-    return (
-        f"{stopping} With `model` and `tokenizer` loaded as above:\n\n"
-        '```python\nmessages = [{"role": "user", "content": "Hello!"}]\n'
-        "inputs = tokenizer.apply_chat_template(\n"
+    if vision:
+        stopping = stopping.replace("The tokenizer carries", "The processor carries").replace(
+            "tokenizer.eos_token_id", "processor.tokenizer.eos_token_id")
+        stop_kwarg = stop_kwarg.replace("tokenizer.", "processor.tokenizer.")
+        messages = ('messages = [{"role": "user", "content": [{"type": "image", "image": image}, '
+                    '{"type": "text", "text": "Describe the image."}]}]')
+        reader = "processor"
+    else:
+        messages = 'messages = [{"role": "user", "content": "Hello!"}]'
+        reader = "tokenizer"
+    text = (
+        f"{stopping} With `model` and `{reader}` loaded as above:\n\n"
+        f"```python\n{messages}\n"
+        f"inputs = {reader}.apply_chat_template(\n"
         '    messages, add_generation_prompt=True, return_tensors="pt", return_dict=True\n'
         ")\n"
         f"output = model.generate(**inputs, max_new_tokens=256{stop_kwarg})\n"
-        'print(tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))\n```'
+        f'print({reader}.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))\n```'
     )
+    return "Chat", text

@@ -100,7 +100,6 @@ class TrainRecipe(HubRecipe):
     trl_config: ClassVar[str]  # config class name in trl
     trl_trainer: ClassVar[str]  # trainer class name in trl
     record_kind: ClassVar[RecordKind]  # the records it trains on
-    config_defaults: ClassVar[dict[str, Any]] = {}  # alignsmith's defaults, under the recipe's `training:`
 
     base_model: BaseModelSpec = help_text("Model to start from.")
     data: MixtureRecipe = help_text("Training mixture.")
@@ -161,23 +160,60 @@ class TrainRecipe(HubRecipe):
 
         return build(LoraConfig, {"task_type": "CAUSAL_LM", **self.lora}, where="lora")
 
+    @property
+    def raw_prompts(self) -> bool:
+        """Whether rows are raw prompt/completion text rather than conversations for a chat template."""
+        return False
+
+    def config_defaults(self) -> dict[str, Any]:
+        """alignsmith's defaults for the trl config, under the recipe's ``training:``."""
+        return {}
+
     def trainer_config(self) -> Any:
         """The trl config (``SFTConfig``/``DPOConfig``) from ``training:``; unknown keys are a RecipeError."""
         import trl
 
-        arguments = {"output_dir": str(self.run_dir), **self.config_defaults, **self.training}
+        arguments = {"output_dir": str(self.run_dir), **self.config_defaults(), **self.training}
         return build(getattr(trl, self.trl_config), arguments, where="training")
+
+
+PromptFormat = Literal["chat", "raw"]
 
 
 @dataclass(kw_only=True)
 class SFTRecipe(TrainRecipe):
-    """Supervised fine-tuning on conversations (assistant-only loss by default)."""
+    """Supervised fine-tuning on conversations (assistant-only loss by default), or on raw prompt/completion text."""
 
     kind: ClassVar[Literal["sft", "dpo"]] = "sft"
     trl_config: ClassVar[str] = "SFTConfig"
     trl_trainer: ClassVar[str] = "SFTTrainer"
     record_kind: ClassVar[RecordKind] = "conversation"
-    config_defaults: ClassVar[dict[str, Any]] = {"assistant_only_loss": True}
+
+    prompt_format: PromptFormat = help_text(
+        "chat: conversations rendered by the chat template, loss on the assistant turns. raw: single-turn "
+        "records whose user turn is the prompt text as is and whose assistant turn is the completion (EOS "
+        "appended), no chat template, loss on the completion only; for prompt/completion data with its own "
+        "layout, such as a Polite Flamingo rewriter's pairs.",
+        default="chat",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.raw_prompts:
+            if self.training.get("assistant_only_loss"):
+                raise RecipeError("training.assistant_only_loss: raw prompts have no assistant turns to mark; "
+                                  "prompt_format: raw trains on the completion only")
+            if self.chat_template.template is not None or self.chat_template.template_file is not None:
+                raise RecipeError("chat_template: prompt_format: raw uses no chat template; leave only eos_token")
+
+    @property
+    def raw_prompts(self) -> bool:
+        return self.prompt_format == "raw"
+
+    def config_defaults(self) -> dict[str, Any]:
+        if self.raw_prompts:
+            return {"assistant_only_loss": False, "completion_only_loss": True}
+        return {"assistant_only_loss": True}
 
 
 @dataclass(kw_only=True)

@@ -20,10 +20,18 @@ from transformers import TrainerCallback
 
 from alignsmith.publish import Release, ensure_tag_free
 from alignsmith.recipes import RESOLVED_RECIPE_FILENAME, RecipeError, save_resolved, to_dict
+from alignsmith.records import IMAGE_PLACEHOLDER
 
-from training.chat import prepare_chat
-from training.data import TrainingData, load_mixture
-from training.models import BaseModel, count_parameters, freeze_except, load_base_model, load_reference_model
+from training.chat import prepare_chat, prepare_raw
+from training.data import TrainingData, for_model, load_mixture
+from training.models import (
+    BaseModel,
+    count_parameters,
+    freeze_except,
+    load_base_model,
+    load_reference_model,
+    pin_base_model,
+)
 from training.publish import DPO_REWARDS, TrainingSummary, publish_model
 from training.recipes import TrainRecipe
 
@@ -81,21 +89,32 @@ def train(recipe: TrainRecipe, *, callbacks: Iterable[Any] = ()) -> TrainingResu
         if resume_from.global_step >= resume_from.max_steps:
             log.warning("%s already reached the last step: nothing left to train, publishing its weights",
                         resume_from.path)
-    with args.main_process_first(desc="loading the training data and base model"):
-        data = load_mixture(recipe.data, recipe.record_kind)
-        base = load_base_model(recipe.base_model)
-    if base.was_adapter and peft_config is not None and not recipe.output.merged:
+    pinned_base = pin_base_model(recipe.base_model)
+    if pinned_base.was_adapter and peft_config is not None and not recipe.output.merged:
         raise RecipeError(
             f"base_model {recipe.base_model.path!r} is a LoRA adapter, merged before training; a new adapter on "
             "top of that merge has no published base to load from: set output.merged: true"
         )
-    template_origin = prepare_chat(
-        base.tokenizer,
-        base.model,
-        recipe.chat_template.supplied(),
-        recipe.chat_template.eos_token,
-        need_markers=getattr(args, "assistant_only_loss", False),
-    )
+    if pinned_base.vision and recipe.kind != "sft":
+        raise RecipeError(f"base_model {recipe.base_model.path!r} is a vision-language model: alignsmith trains "
+                          f"those with SFT only, not {recipe.kind.upper()}")
+    with args.main_process_first(desc="loading the training data and base model"):
+        data = load_mixture(recipe.data, recipe.record_kind, prompt_format="raw" if recipe.raw_prompts else "chat",
+                            vision=pinned_base.vision)
+        base = load_base_model(recipe.base_model, pinned_base)
+    if recipe.raw_prompts:
+        template_origin = prepare_raw(base.tokenizer, base.model, recipe.chat_template.eos_token)
+    else:
+        template_origin = prepare_chat(
+            base.tokenizer,
+            base.model,
+            recipe.chat_template.supplied(),
+            recipe.chat_template.eos_token,
+            need_markers=getattr(args, "assistant_only_loss", False),
+            processor=base.processor,
+        )
+    image_token = getattr(base.processor, "image_token", IMAGE_PLACEHOLDER) if base.processor is not None else None
+    data = for_model(data, base.tokenizer, image_token, raw=recipe.raw_prompts)
     if peft_config is not None and base.ref.repo_type == "model":
         peft_config.revision = base.ref.sha  # the adapter's config then pins the exact base it was trained on
     reference: dict[str, Any] = {}
@@ -113,7 +132,7 @@ def train(recipe: TrainRecipe, *, callbacks: Iterable[Any] = ()) -> TrainingResu
         args=args,
         train_dataset=data.train,
         eval_dataset=data.eval,
-        processing_class=base.tokenizer,
+        processing_class=base.processing_class,
         peft_config=peft_config,
         callbacks=[_RecordRecipe(recipe), *callbacks],
         **reference,

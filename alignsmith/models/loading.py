@@ -64,6 +64,21 @@ def is_adapter(ref: ArtifactRef) -> bool:
     return has_file(ref, ADAPTER_CONFIG)
 
 
+def is_vision_language(ref: ArtifactRef) -> bool:
+    """Whether the pinned model (not an adapter: pass its base) reads images: an image-text-to-text architecture.
+
+    Such models load with ``AutoModelForImageTextToText`` and a processor instead of a causal LM and a tokenizer.
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(ref.repo_id, revision=load_revision(ref))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{ref.role}: cannot read the config of {ref.repo_id!r} @ {ref.sha}: {err}") from None
+    return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+
 def in_memory_ref(model: Any, role: str) -> ArtifactRef:
     """The lineage of a model handed in already loaded: its name, unpinned."""
     return ArtifactRef(role, model.config.name_or_path, "local")
@@ -115,3 +130,13 @@ def load_pretrained(
     except (OSError, ValueError) as err:  # transformers raises ValueError for a missing tokenizer or an unknown config
         raise ModelLoadError(f"{ref.role}: cannot load model {ref.repo_id!r} (revision {revision}): {err}") from None
     return model.eval(), tokenizer
+
+
+def load_sentence_transformer(ref: ArtifactRef, *, device: str | torch.device = "auto") -> Any:
+    """A pinned sentence-transformers model (its own pooling, normalisation and truncation) on ``device``."""
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        return SentenceTransformer(ref.repo_id, revision=load_revision(ref), device=str(resolve_device(device)))
+    except (OSError, ValueError) as err:  # ValueError: a folder without a tokenizer or a known config
+        raise ModelLoadError(f"{ref.role}: cannot load sentence-transformers model {ref.repo_id!r}: {err}") from None

@@ -354,6 +354,130 @@ def build_vision_language_model(
     return out
 
 
+def _with_post_processor(tok: PreTrainedTokenizerBase, *, pair: bool) -> PreTrainedTokenizerBase:
+    """Make `tok` wrap every text in BOS ... EOS (and a pair as BOS a EOS b EOS).
+
+    Encoders (BERT, DeBERTa, CLIP) read the sequence marks: CLIP pools at the first EOS, a cross-encoder
+    sees where the premise ends. The template is saved with the tokenizer, so the folder reloads with it.
+    """
+    from tokenizers import processors
+
+    bos, eos = tok.bos_token, tok.eos_token
+    specials = [(bos, tok.bos_token_id), (eos, tok.eos_token_id)]
+    template = {"pair": f"{bos} $A {eos} $B:1 {eos}:1"} if pair else {}
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", special_tokens=specials, **template
+    )
+    return tok
+
+
+def build_sequence_classifier(
+    out_dir: str | Path,
+    *,
+    num_labels: int,
+    id2label: Sequence[str] | dict[int, str] | None = None,
+    seed: int = 0,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    max_position_embeddings: int = 512,
+) -> Path:
+    """Save a tiny BERT sequence classifier (a cross-encoder or a reward model) and its tokenizer.
+
+    It loads with `AutoModelForSequenceClassification` and `AutoTokenizer` as an NLI cross-encoder
+    (``num_labels=3, id2label=['contradiction', 'entailment', 'neutral']``) or a reward model
+    (``num_labels=1``) does. The tokenizer encodes a pair as ``BOS a EOS b EOS``, as BERT-style
+    cross-encoders do ([CLS] a [SEP] b [SEP]); it has no chat template.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    if id2label is not None:
+        labels = dict(id2label) if isinstance(id2label, dict) else dict(enumerate(id2label))
+        if len(labels) != num_labels:
+            raise ValueError(f"id2label has {len(labels)} labels but num_labels is {num_labels}")
+    else:
+        labels = {i: f"LABEL_{i}" for i in range(num_labels)}
+    tok = build_tokenizer(seed=seed, model_max_length=max_position_embeddings, chat_template=None)
+    tok = _with_post_processor(tok, pair=True)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=tok.pad_token_id,
+        num_labels=num_labels,
+        id2label=labels,
+        label2id={name: i for i, name in labels.items()},
+        **_RANDOM_WEIGHTS,
+    )
+    model = _seeded_init(seed, lambda: AutoModelForSequenceClassification.from_config(config))
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+CLIP_BOS, CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+def build_clip_model(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    projection_dim: int = 16,
+    max_position_embeddings: int = 77,
+) -> Path:
+    """Save a tiny dual-encoder `CLIPModel` and its `CLIPProcessor` (PIL image processor: no torchvision here).
+
+    Like OpenAI's CLIP, texts are wrapped in ``<|startoftext|> ... <|endoftext|>``, the text tower pools
+    at the first ``<|endoftext|>`` and the context is 77 tokens. Images are resized (shortest edge) and
+    centre-cropped to ``image_size``. Loads with `CLIPModel` and `AutoProcessor`/`CLIPProcessor`.
+    """
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    tok = build_tokenizer(seed=seed, model_max_length=max_position_embeddings, chat_template=None)
+    # ids past the shared special tokens: CLIP treats an EOS id of 2 as "pool at the largest id" (legacy)
+    tok.add_special_tokens({"bos_token": CLIP_BOS, "eos_token": CLIP_EOS})
+    tok = _with_post_processor(tok, pair=False)
+    layers = dict(
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+    )
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(tok),
+            max_position_embeddings=max_position_embeddings,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            **layers,
+        ),
+        vision_config=dict(image_size=image_size, patch_size=patch_size, **layers),
+        projection_dim=projection_dim,
+        **_RANDOM_WEIGHTS,
+    )
+    model = _seeded_init(seed, lambda: CLIPModel(config))
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tok)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
 # (library_name, pipeline_tag) of each kind's model card: what the Hub shows and which widget it offers.
 _CARD_KINDS = {
     "causal_lm": ("transformers", "text-generation"),
@@ -420,6 +544,7 @@ def _publish(folder: Path, args: argparse.Namespace) -> None:
     )
     library, pipeline = _CARD_KINDS[args.kind]
     card = model_card(args.publish, content, lineage, base_model=None, library_name=library,
-                      pipeline_tag=pipeline, revision_hint=args.tag or "main")
+                      pipeline_tag=pipeline, revision_hint=args.tag or "main",
+                      vision=args.kind == "vision_language")
     release = publish_folder(output, folder, card, lineage)
     print(f"published {release.repo_id}@{release.commit_sha} (revision {release.revision})")

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
-from alignsmith.lineage import ArtifactRef, load_revision
+from alignsmith.lineage import ArtifactRef
 from alignsmith.models.batching import length_sorted_batches, pad_id, right_pad
-from alignsmith.models.loading import ModelLoadError, PinnedModel, in_memory_ref, load_pretrained, pinned, resolve_device
+from alignsmith.models.loading import PinnedModel, in_memory_ref, load_pretrained, load_sentence_transformer, pinned
 
 from .prompts import conversation_turns, record_ref
 
@@ -167,13 +167,8 @@ class SentenceTransformerEmbedder(PinnedModel):
         only_answer: bool = False,
         output_dtype: OutputDtype = "float32",
     ) -> None:
-        from sentence_transformers import SentenceTransformer
-
-        self.model_ref = ref = pinned(model, revision, "embedder")
-        try:
-            self.model = SentenceTransformer(ref.repo_id, revision=load_revision(ref), device=str(resolve_device(device)))
-        except (OSError, ValueError) as err:  # ValueError: a folder without a tokenizer or a known config
-            raise ModelLoadError(f"cannot load sentence-transformers model {ref.repo_id!r}: {err}") from None
+        self.model_ref = pinned(model, revision, "embedder")
+        self.model = load_sentence_transformer(self.model_ref, device=device)
         self.batch_size, self.only_answer = batch_size, only_answer
         self.output_dtype = np.dtype(output_dtype)
         self.dimension = int(self.model.get_embedding_dimension())

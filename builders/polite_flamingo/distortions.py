@@ -91,7 +91,11 @@ class Rejection:
 
 
 class DistortionInputError(AlignsmithError):
-    """A source row that cannot be turned into a distortion input."""
+    """A source row that cannot be turned into a distortion input: which row, which field, what is wrong."""
+
+    def __init__(self, row_id: object, field: str, problem: str) -> None:
+        self.field, self.problem = field, problem
+        super().__init__(f"row {row_id!r}, {field}: {problem}")
 
 
 # --- seeding -------------------------------------------------------------------------------------
@@ -468,18 +472,18 @@ BOX_PREAMBLE = (
 
 def _box(row_id: object, index: int, instance: object) -> str:
     """One ``category: [x1, y1, x2, y2]`` line, coordinates in [0, 1] rounded to 3 decimals."""
-    where = f"row {row_id!r}, instances[{index}]"
+    where = f"instances[{index}]"
     if not isinstance(instance, Mapping) or not isinstance(instance.get("category"), str):
-        raise DistortionInputError(f"{where}: expected {{'category': str, 'bbox': [4 numbers]}}")
+        raise DistortionInputError(row_id, where, "expected {'category': str, 'bbox': [4 numbers]}")
     bbox = instance.get("bbox")
     if (
         not isinstance(bbox, Sequence)
         or len(bbox) != 4
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
     ):
-        raise DistortionInputError(f"{where}: bbox must be 4 numbers, got {bbox!r}")
+        raise DistortionInputError(row_id, where, f"bbox must be 4 numbers, got {bbox!r}")
     if not all(0.0 <= v <= 1.0 for v in bbox):
-        raise DistortionInputError(f"{where}: bbox {list(bbox)} is not normalised to [0, 1]")
+        raise DistortionInputError(row_id, where, f"bbox {list(bbox)} is not normalised to [0, 1]")
     coordinates = ", ".join(repr(round(float(v), 3)) for v in bbox)
     return f"{instance['category']}: [{coordinates}]\n"
 
@@ -493,9 +497,9 @@ def captions_and_boxes_input(row: Mapping[str, Any]) -> str:
     row_id = row.get("id")
     captions = row.get("captions")
     if not isinstance(captions, list) or not captions or not all(isinstance(c, str) for c in captions):
-        raise DistortionInputError(f"row {row_id!r}: captions must be a non-empty list of strings")
+        raise DistortionInputError(row_id, "captions", "must be a non-empty list of strings")
     instances = row.get("instances")
     if not isinstance(instances, list):
-        raise DistortionInputError(f"row {row_id!r}: instances must be a list")
+        raise DistortionInputError(row_id, "instances", "must be a list")
     boxes = "".join(_box(row_id, i, instance) for i, instance in enumerate(instances))
     return "\n".join(captions) + "\n\n" + BOX_PREAMBLE + "\n" + boxes

@@ -5,6 +5,15 @@ each requested distortion kind turns it into a pair or into a rejection with its
 ``polite-flamingo.md`` §1). Work is cut into shards of source records, one :class:`ShardStore` per
 kind, so a killed build resumes and a kind added later does not redo the others.
 
+``captions_and_boxes`` (§1.4) reads the ``captions`` and ``instances`` columns of a LLaVA-detail-style
+source, which the converter carries in each record's ``metadata``. They describe the image, not one
+answer, so only a record's first turn pair is its candidate (LLaVA-detail rows have one turn). It draws
+nothing, but is sharded and resumable like the other kinds.
+
+Every published pair also carries the rewriter's training view, trl's ``prompt``/``completion``: the
+instruction and distorted response in the recipe's layout (:mod:`builders.polite_flamingo.rewriting`),
+and the original response. The layout is rendered at publish time, so it is no part of the shards.
+
 Reproducibility: every draw (augmentation steps, the optional Guanaco command) comes from a
 generator seeded by (``seed``, kind, candidate id), so a row does not depend on its neighbours.
 Sampled LLM continuations are seeded per batch (see :mod:`alignsmith.models.hf_chat`) from the
@@ -34,7 +43,9 @@ from alignsmith.shards import ShardPlan, ShardStore, fingerprint
 from alignsmith.sources import LoadedSource, SourceError, load_source
 from builders.polite_flamingo.distortions import (
     Distortion,
+    DistortionInputError,
     Rejection,
+    captions_and_boxes_input,
     cut_at_closing_quote,
     llm_instructed_prompt,
     random_augmentation,
@@ -42,6 +53,7 @@ from builders.polite_flamingo.distortions import (
     row_seed,
 )
 from builders.polite_flamingo.recipe import PairsRecipe
+from builders.polite_flamingo.rewriting import RewriterLayout, rewriting_prompt
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +78,8 @@ class Candidate:
     images: list[dict[str, Any]]
     source_row: int
     record: int  # index into the valid records: what shards cut
+    turn_pair: int  # position among the record's turn pairs: captions_and_boxes reads the first only
+    metadata: str | None  # the record's carried columns (JSON object), where captions_and_boxes finds its input
 
 
 @dataclass
@@ -94,7 +108,8 @@ def turn_pairs(record: dict[str, Any], record_index: int, source_row: int) -> li
         if user["role"] == "user" and reply["role"] == "assistant":
             used = placeholders + reply["content"].count(IMAGE_PLACEHOLDER)
             found.append(Candidate(f"{record['id']}#turn{k}", record["source"], user["content"], reply["content"],
-                                   list(images[seen : seen + used]), source_row, record_index))
+                                   list(images[seen : seen + used]), source_row, record_index, len(found),
+                                   record.get("metadata")))
         seen += placeholders
     return found
 
@@ -119,7 +134,8 @@ def _candidates_fingerprint(candidates: Sequence[Candidate]) -> str:
     """What the distortions see, in order: another split, slice or format of one file gives other rows."""
     digest = hashlib.sha256()
     for c in candidates:
-        digest.update(json.dumps([c.id, c.instruction, c.original, c.record], ensure_ascii=False).encode() + b"\n")
+        digest.update(json.dumps([c.id, c.instruction, c.original, c.record, c.metadata],
+                                 ensure_ascii=False).encode() + b"\n")
     return digest.hexdigest()[:32]
 
 
@@ -133,7 +149,8 @@ class Work:
         specs = {"random_augmentation": base,
                  "llm_instructed": {**base, "distorter": [to_dict(recipe.distorter) if recipe.distorter else None,
                                                   distorter.sha if distorter else None],
-                                    "decoding": to_dict(recipe.decoding)}}
+                                    "decoding": to_dict(recipe.decoding)},
+                 "captions_and_boxes": {key: base[key] for key in ("candidates", "shard_size")}}  # draws nothing
         self.stores = {kind: ShardStore(recipe.work_dir, kind, fingerprint(specs[kind]), self.plan.num_shards)
                        for kind in recipe.kinds}
 
@@ -197,6 +214,26 @@ def _augment(recipe: PairsRecipe, candidates: Sequence[Candidate]) -> list[Outco
     return outcomes
 
 
+CAPTION_COLUMNS = ("captions", "instances")
+
+
+def _captions_and_boxes(c: Candidate) -> Outcome:
+    """Kind (c): the captions and boxes the record carries, laid out as in PF-1M; a missing or bad value is
+    that candidate's rejection, with the values seen."""
+    carried = json.loads(c.metadata) if c.metadata else {}
+    seen = {column: carried.get(column) for column in CAPTION_COLUMNS}
+    missing = [column for column, value in seen.items() if value is None]
+    if missing:
+        names = " and ".join(repr(column) for column in missing) + (" columns" if len(missing) > 1 else " column")
+        return Outcome(Rejection("captions_and_boxes", f"no {names} (read from the record's metadata)"), seen)
+    try:
+        text = captions_and_boxes_input({"id": c.id, **seen})
+    except DistortionInputError as err:  # the reason without the row id, so the card can count each kind of fault
+        return Outcome(Rejection("captions_and_boxes", f"{err.field}: {err.problem}"), seen)
+    params = {"captions": len(seen["captions"]), "boxes": len(seen["instances"])}
+    return Outcome(Distortion("captions_and_boxes", text, params), params)
+
+
 def _write(store: ShardStore, shard: int, candidates: Sequence[Candidate], outcomes: Sequence[Outcome]) -> None:
     """One shard as string arrays: the candidate ids, then per row the text or the reason, params, decoding."""
     texts = [o.result.text if isinstance(o.result, Distortion) else "" for o in outcomes]
@@ -219,6 +256,9 @@ def compute_shards(recipe: PairsRecipe, pairs: Pairs, work: Work, distorter: Art
             if kind == "llm_instructed":
                 llm = llm or LLMDistorter(recipe, distorter)
                 outcomes = llm.distort(candidates, shard)
+            elif kind == "captions_and_boxes":
+                candidates = [c for c in candidates if c.turn_pair == 0]
+                outcomes = [_captions_and_boxes(c) for c in candidates]
             else:
                 outcomes = _augment(recipe, candidates)
             _write(store, shard, candidates, outcomes)
@@ -229,10 +269,12 @@ def _column(value: str) -> str | None:
 
 
 Rows = list[dict[str, Any]]
+REJECTED_FIELD = {"captions_and_boxes": "metadata"}  # where a rejected candidate's problem lies; else "original"
 
 
-def collect(pairs: Pairs, work: Work) -> tuple[dict[str, Rows], Rows]:
-    """Published rows per kind, and the rejected rows (conversion first, then distortion) in source order."""
+def collect(pairs: Pairs, work: Work, layout: RewriterLayout) -> tuple[dict[str, Rows], Rows]:
+    """Published rows per kind, with the rewriter's ``prompt`` in ``layout``, and the rejected rows
+    (conversion first, then distortion) in source order."""
     by_id = {c.id: c for c in pairs.candidates}
     rows: dict[str, list[dict[str, Any]]] = {}
     rejected = [{**r, "stage": "convert"} for r in pairs.converted.rejected]
@@ -245,13 +287,16 @@ def collect(pairs: Pairs, work: Work) -> tuple[dict[str, Rows], Rows]:
                 if reason:
                     raw = {"instruction": c.instruction, "original": c.original, "details": json.loads(str(params)),
                            "decoding": json.loads(str(decoding)) if decoding else None}
-                    rejected.append({"row_index": c.source_row, "id": c.id, "field": "original", "reason": str(reason),
+                    rejected.append({"row_index": c.source_row, "id": c.id,
+                                     "field": REJECTED_FIELD.get(kind, "original"), "reason": str(reason),
                                      "code": kind, "stage": kind, "raw": json.dumps(raw, ensure_ascii=False)})
                     continue
                 rows[kind].append({"id": c.id, "source": c.source, "instruction": c.instruction,
                                    "original": c.original, "distorted": str(distorted), "images": c.images,
                                    "kind": kind, "params": str(params), "decoding": _column(str(decoding)),
-                                   "source_row": c.source_row})
+                                   "source_row": c.source_row,
+                                   "prompt": rewriting_prompt(c.instruction, str(distorted), layout),
+                                   "completion": c.original})
     rejected.sort(key=lambda r: r["row_index"])
     return rows, rejected
 
@@ -262,7 +307,8 @@ def _pair_features():
     text = datasets.Value("string")
     return datasets.Features({"id": text, "source": text, "instruction": text, "original": text, "distorted": text,
                               "images": datasets.List(datasets.Image()), "kind": text, "params": text,
-                              "decoding": text, "source_row": datasets.Value("int64")})
+                              "decoding": text, "source_row": datasets.Value("int64"), "prompt": text,
+                              "completion": text})
 
 
 def length_ratios(rows: Sequence[dict[str, Any]]) -> np.ndarray:
@@ -270,13 +316,25 @@ def length_ratios(rows: Sequence[dict[str, Any]]) -> np.ndarray:
     return np.array([len(r["distorted"]) / max(len(r["original"]), 1) for r in rows], dtype=float)
 
 
+REWRITER_VIEW = (" `prompt` (the rewriter's input: instruction and distorted response, in the build's layout) and "
+                 "`completion` (the original response) are trl's prompt-completion columns, to train a rewriter on.")
 CONFIG_DESCRIPTIONS = {
     "random_augmentation": "pairs distorted by the README's nlpaug recipe (truncate, shuffle, char, word); "
-    "`params` holds the steps drawn.",
+    "`params` holds the steps drawn." + REWRITER_VIEW,
     "llm_instructed": "pairs distorted by the Guanaco prompt continued by the distorter; `params` holds the command "
-    "drawn and the raw continuation, `decoding` the decoding settings.",
+    "drawn and the raw continuation, `decoding` the decoding settings." + REWRITER_VIEW,
+    "captions_and_boxes": "a record's first turn pair, its response replaced by the captions and boxes it was written "
+    "from (the `captions` and `instances` columns, laid out as in PF-1M); `params` counts them." + REWRITER_VIEW,
     "rejected": "source rows that are not valid conversations (stage `convert`) and candidates a distortion could not "
     "turn into a pair (stage = kind), with the reason.",
+}
+
+
+LAYOUT_NOTES = {
+    "paper": "the paper's Figure 3, spelling fixed (the README's reference layout, with its \"Assistent\" typo, "
+    "is the `readme` option).",
+    "readme": "the README's inference helper, the reference layout the released weights were used with, reproduced "
+    "with its \"Assistent\" typo.",
 }
 
 
@@ -297,7 +355,8 @@ def _card(recipe: PairsRecipe, pairs: Pairs, rows: dict[str, list[dict[str, Any]
         summary=(f"(distorted, original) response pairs for training a Polite Flamingo rewriter, from "
                  f"`{pairs.ref.portable().repo_id}`; one config per distortion kind. LLM-instructed decoding "
                  f"(temperature {decoding.temperature}, top_p {decoding.top_p}, max_new_tokens "
-                 f"{decoding.max_new_tokens}) is this build's choice: the paper does not publish it."),
+                 f"{decoding.max_new_tokens}) is this build's choice: the paper does not publish it. The `prompt` "
+                 f"column uses the `{recipe.rewriter_prompt}` rewriter layout: {LAYOUT_NOTES[recipe.rewriter_prompt]}"),
         license=recipe.output.license,
         tags=["polite-flamingo", "distortion", "rewriting"],
         statistics=stats,
@@ -316,7 +375,7 @@ def run(recipe: PairsRecipe) -> Release:
                  if "llm_instructed" in recipe.kinds else None)
     work = Work(recipe, pairs, distorter)
     compute_shards(recipe, pairs, work, distorter)
-    rows, rejected = collect(pairs, work)
+    rows, rejected = collect(pairs, work, recipe.rewriter_prompt)
     features = _pair_features()
     configs = {kind: {"train": dataset_from_rows(kind_rows, features)} for kind, kind_rows in rows.items()}
     configs["rejected"] = {"train": dataset_from_rows(rejected, rejected_features("stage"))}

@@ -10,8 +10,9 @@ from typing import Literal
 
 from alignsmith.recipes import HubRecipe, OutputRepo, RecipeError, help_text
 from alignsmith.sources import DatasetSource
+from builders.polite_flamingo.rewriting import RewriterLayout
 
-PairKind = Literal["random_augmentation", "llm_instructed"]
+PairKind = Literal["random_augmentation", "llm_instructed", "captions_and_boxes"]
 
 
 @dataclass(kw_only=True)
@@ -44,11 +45,14 @@ class PairsRecipe(HubRecipe):
     source: DatasetSource = help_text(
         "Any conversation dataset (text-only or with images); each (user, assistant) turn pair is one candidate.")
     kinds: list[PairKind] = help_text(
-        "Distortions to build, one published config each (captions_and_boxes needs a captions+boxes dataset "
-        "and is not built here).",
+        "Distortions to build, one published config each. captions_and_boxes needs 'captions' and 'instances' "
+        "columns (LLaVA-detail style, carried in each record's metadata) and uses a record's first turn pair only.",
         default_factory=lambda: ["random_augmentation", "llm_instructed"])
     distorter: DistorterSpec | None = help_text("The LLM of 'llm_instructed' (needed by it only).", default=None)
     decoding: DecodingSpec = field(default_factory=DecodingSpec)
+    rewriter_prompt: RewriterLayout = help_text(
+        "Layout of the published 'prompt' column: 'paper' (Figure 3, spelling fixed) or 'readme' (the README's "
+        "inference helper, typo included: the one the released weights were used with).", default="paper")
     seed: int = help_text("Seed of every per-row draw (commands, augmentation steps).", default=0)
     max_rows: int | None = help_text("Use only the first N source rows (null: all).", default=None, minimum=1)
     work_dir: str = help_text("Where finished shards are kept; a rerun resumes from them.", default="runs/pf-pairs")
@@ -63,3 +67,7 @@ class PairsRecipe(HubRecipe):
             raise RecipeError("distorter: needed by kind 'llm_instructed'")
         if "llm_instructed" not in self.kinds and self.distorter is not None:
             raise RecipeError("distorter: used only by kind 'llm_instructed', which `kinds` leaves out; remove it")
+        if "captions_and_boxes" in self.kinds and self.source.extra_columns != "carry":
+            raise RecipeError(
+                f"source.extra_columns: kind 'captions_and_boxes' reads the 'captions' and 'instances' columns "
+                f"from each record's metadata, so it needs 'carry', got {self.source.extra_columns!r}")

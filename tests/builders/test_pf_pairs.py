@@ -12,11 +12,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignsmith.cli import main
 from alignsmith.lineage import pin, read_lineage
-from alignsmith.recipes import load_recipe
+from alignsmith.recipes import RecipeError, load_recipe
 from alignsmith.records import IMAGE_PLACEHOLDER
-from builders.polite_flamingo.distortions import CLOSING_QUOTE
+from builders.polite_flamingo.distortions import CLOSING_QUOTE, captions_and_boxes_input
 from builders.polite_flamingo.pairs import Work, collect, compute_shards, load_pairs
 from builders.polite_flamingo.recipe import PairsRecipe
+from builders.polite_flamingo.rewriting import rewriting_prompt
 
 REPO, TAG = "pf-test/pairs", "v1.0.0"
 GOOD_ROWS, BAD_ROWS = 14, 3
@@ -74,7 +75,7 @@ def write_recipe(path, pool, distorter, hub, work_dir, **overrides) -> str:
         "hub": hub.url,
         "source": {"path": str(pool), "format": "sharegpt"},
         "kinds": ["random_augmentation", "llm_instructed"],
-        "distorter": {"model": distorter, "revision": "v1", "batch_size": 4},
+        "distorter": {"model": distorter, "revision": "v1", "batch_size": 4} if distorter else None,
         "decoding": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 24, "seed": 0},
         "seed": 7,
         "work_dir": str(work_dir),
@@ -107,14 +108,14 @@ def recomputed(path, **overrides):
     distorter = pin("distorter", spec.model, "model", spec.revision) if spec else None
     work = Work(recipe, pairs, distorter)
     compute_shards(recipe, pairs, work, distorter)
-    return collect(pairs, work), work
+    return collect(pairs, work, recipe.rewriter_prompt), work
 
 
 def test_each_kind_and_rejected_load_back_by_tag(built, distorter):
     assert set(get_dataset_config_names(REPO, revision=TAG)) == {"random_augmentation", "llm_instructed", "rejected"}
     augmented, distorted, rejected = load("random_augmentation"), load("llm_instructed"), load("rejected")
     columns = ["id", "source", "instruction", "original", "distorted", "images", "kind", "params", "decoding",
-               "source_row"]
+               "source_row", "prompt", "completion"]
     assert augmented.column_names == columns and distorted.column_names == columns
     candidates = GOOD_ROWS + sum(1 for i in range(1, GOOD_ROWS) if i % 2)  # row 0 became a one-turn image row
     assert len(augmented) + sum(1 for r in rejected if r["stage"] == "random_augmentation") == candidates
@@ -170,3 +171,106 @@ def test_another_seed_draws_other_distortions(built, tmp_path):
     (other, _), _ = recomputed(path, seed="8", kinds="[random_augmentation]", distorter="null",
                                work_dir=str(tmp_path / "other"))
     assert [r["params"] for r in other["random_augmentation"]] != [r["params"] for r in rows["random_augmentation"]]
+
+
+def test_each_pair_carries_the_rewriters_prompt_and_completion(built):
+    for config in ("random_augmentation", "llm_instructed"):
+        for row in load(config):
+            assert row["prompt"] == rewriting_prompt(row["instruction"], row["distorted"], "paper")
+            assert row["completion"] == row["original"]
+    image_row = next(r for r in load("random_augmentation") if r["id"] == "row-0#turn0")
+    assert f"### Human:\n{IMAGE_PLACEHOLDER}\nWhat colour is it?\n### Assistant:\n(Drafted Response) " in (
+        image_row["prompt"])
+    card = open(hf_hub_download(REPO, "README.md", repo_type="dataset", revision=TAG), encoding="utf-8").read()
+    assert "`paper` rewriter layout" in card and "`completion` (the original response)" in card
+
+
+def test_the_readme_layout_changes_only_the_prompt_and_no_shard(built):
+    path, work_dir = built
+    before = {p: p.stat().st_mtime_ns for p in work_dir.rglob("*") if p.is_file()}
+    (paper, paper_rejected), _ = recomputed(path)
+    (readme, readme_rejected), _ = recomputed(path, rewriter_prompt="readme")
+    assert {p: p.stat().st_mtime_ns for p in work_dir.rglob("*") if p.is_file()} == before
+    assert readme_rejected == paper_rejected and readme.keys() == paper.keys()
+    for kind, rows in readme.items():
+        assert [{**r, "prompt": None} for r in rows] == [{**r, "prompt": None} for r in paper[kind]]
+        for row, other in zip(rows, paper[kind]):
+            assert row["prompt"] == rewriting_prompt(row["instruction"], row["distorted"], "readme") != other["prompt"]
+
+
+# --- kind (c): captions and boxes --------------------------------------------------------------------------------
+
+CAPS_REPO = "pf-test/pairs-captions"
+CAPTIONS = ["A blue square on a table. ", "A small blue tile."]
+INSTANCES = [{"category": "tile", "bbox": [0.125, 0.25, 0.5, 0.75]}, {"category": "dining table",
+                                                                      "bbox": [0.0, 0.5, 1.0, 1.0]}]
+DESCRIPTION = "The image shows a small blue tile resting on a dining table.\n\nIt fills the left half of the frame."
+
+
+@pytest.fixture(scope="module")
+def captions_pool(tmp_path_factory):
+    """LLaVA-detail-style rows: a described image with the captions and boxes the description was written from."""
+    folder = tmp_path_factory.mktemp("captions_pool")
+    Image.new("RGB", (8, 8), (20, 40, 220)).save(folder / "blue.png")
+
+    def row(row_id, *turns, **columns):
+        return {"id": row_id, "images": ["blue.png"], **columns, "conversations": [
+            {"from": "human" if k % 2 == 0 else "gpt", "value": text} for k, text in enumerate(turns)]}
+
+    ask = f"{IMAGE_PLACEHOLDER}\nDescribe the following image in detail."
+    outside = [INSTANCES[0], {"category": "cup", "bbox": [0.5, 0.5, 1.5, 0.9]}]
+    rows = [
+        row("good", ask, DESCRIPTION, captions=CAPTIONS, instances=INSTANCES),
+        row("two-turns", ask, "A blue tile. On a table.", "What colour?", "Blue.", captions=CAPTIONS[1:],
+            instances=[]),
+        row("no-columns", ask, "A tile."),
+        row("no-instances", ask, "A tile again.", captions=CAPTIONS),
+        row("outside", ask, "A tile and a cup.", captions=CAPTIONS, instances=outside),
+    ]
+    path = folder / "pool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def captions_built(hub, captions_pool, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("captions_build")
+    path = write_recipe(folder / "recipe.yaml", captions_pool, None, hub, folder / "work",
+                        kinds=["captions_and_boxes"], output={"repo_id": CAPS_REPO, "tag": TAG})
+    assert main(["build", "pf-pairs", "--config", path]) == 0
+    return path
+
+
+def test_captions_and_boxes_pairs_the_description_with_its_captions_and_boxes(captions_built):
+    assert set(get_dataset_config_names(CAPS_REPO, revision=TAG)) == {"captions_and_boxes", "rejected"}
+    pairs = load_dataset(CAPS_REPO, "captions_and_boxes", revision=TAG)["train"]
+    assert pairs["id"] == ["good#turn0", "two-turns#turn0"]  # a record's first turn pair only
+    good = pairs[0]
+    assert good["distorted"] == captions_and_boxes_input({"captions": CAPTIONS, "instances": INSTANCES})
+    assert good["original"] == good["completion"] == DESCRIPTION and good["kind"] == "captions_and_boxes"
+    assert good["prompt"] == rewriting_prompt(good["instruction"], good["distorted"], "paper")
+    assert json.loads(good["params"]) == {"captions": 2, "boxes": 2} and good["decoding"] is None
+    assert len(good["images"]) == 1 and good["images"][0].getpixel((0, 0)) == (20, 40, 220)
+    assert json.loads(pairs[1]["params"]) == {"captions": 1, "boxes": 0}
+
+
+def test_captions_and_boxes_rejects_rows_without_the_columns_or_with_bad_boxes(captions_built):
+    rejected = {r["id"]: r for r in load_dataset(CAPS_REPO, "rejected", revision=TAG)["train"]}
+    assert set(rejected) == {"no-columns#turn0", "no-instances#turn0", "outside#turn0"}
+    assert {r["stage"] for r in rejected.values()} == {"captions_and_boxes"}
+    assert {r["field"] for r in rejected.values()} == {"metadata"}
+    assert rejected["no-columns#turn0"]["reason"] == (
+        "no 'captions' and 'instances' columns (read from the record's metadata)")
+    assert rejected["no-instances#turn0"]["reason"] == "no 'instances' column (read from the record's metadata)"
+    # the reason leaves the row out (it is in `id`), so the card counts each kind of fault once
+    assert rejected["outside#turn0"]["reason"] == "instances[1]: bbox [0.5, 0.5, 1.5, 0.9] is not normalised to [0, 1]"
+    assert json.loads(rejected["outside#turn0"]["raw"])["details"]["captions"] == CAPTIONS
+
+
+def test_captions_and_boxes_needs_the_extra_columns_carried(tmp_path, hub, captions_pool):
+    path = write_recipe(tmp_path / "recipe.yaml", captions_pool, None, hub, tmp_path / "work",
+                        kinds=["random_augmentation", "captions_and_boxes"],
+                        source={"path": str(captions_pool), "format": "sharegpt", "extra_columns": "drop"})
+    with pytest.raises(RecipeError, match="source.extra_columns: kind 'captions_and_boxes' .* got 'drop'"):
+        load_recipe(PairsRecipe, path, [])
+    assert load_recipe(PairsRecipe, path, ["--kinds", "[random_augmentation]"]).source.extra_columns == "drop"

@@ -199,23 +199,22 @@ def model_card(
     *,
     base_model: str | None,
     library_name: str = "transformers",
-    pipeline_tag: str | None = None,
+    pipeline_tag: str = "text-generation",
     eval_results: Sequence["EvalResult"] = (),
     revision_hint: str = "main",
-    vision: bool = False,
 ) -> str:
     """A ``ModelCard`` whose ``datasets`` list links the training data's Hub pages.
 
     ``eval_results`` (``huggingface_hub.EvalResult``) become the card's ``model-index`` under the
-    name ``repo_id``, the shape the Hub and leaderboards read. ``vision``: an image-text-to-text model,
-    loaded with its processor (the default ``pipeline_tag`` follows).
+    name ``repo_id``, the shape the Hub and leaderboards read. The card's loading snippet follows
+    ``pipeline_tag`` and ``library_name``.
     """
     from huggingface_hub import ModelCard
 
     metadata = {
         "base_model": base_model or None,  # None-valued keys are left out of the card
         "library_name": library_name,
-        "pipeline_tag": pipeline_tag or ("image-text-to-text" if vision else "text-generation"),
+        "pipeline_tag": pipeline_tag,
         "license": content.license or None,
         "tags": sorted({"alignsmith", *content.tags}),
         "datasets": lineage.source_datasets() or None,
@@ -224,32 +223,49 @@ def model_card(
         **content.metadata,
         LINEAGE_KEY: lineage.to_metadata(),
     }
-    load = _loading_snippet(repo_id, revision_hint, adapter=library_name == "peft", vision=vision)
+    load = _loading_snippet(repo_id, revision_hint, library_name, pipeline_tag)
     return card_text(ModelCard, metadata, _body(content, lineage, load))
 
 
-def _loading_snippet(repo_id: str, revision: str, *, adapter: bool, vision: bool) -> str:
-    """How to load the release: a causal LM and its tokenizer, or an image-text-to-text model and its processor;
-    an adapter on the base its config pins."""
+# how each kind of model loads: (imports, model line, processing line); "{at}" is the repo and revision
+_LOADERS = {
+    "image-text-to-text": ("from transformers import AutoModelForImageTextToText, AutoProcessor",
+                           "model = AutoModelForImageTextToText.from_pretrained({at})",
+                           "processor = AutoProcessor.from_pretrained({at})"),
+    "text-classification": ("from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+                            "model = AutoModelForSequenceClassification.from_pretrained({at})",
+                            "tokenizer = AutoTokenizer.from_pretrained({at})"),
+    "zero-shot-image-classification": ("from transformers import AutoModel, AutoProcessor",
+                                       "model = AutoModel.from_pretrained({at})",
+                                       "processor = AutoProcessor.from_pretrained({at})"),
+    "text-generation": ("from transformers import AutoModelForCausalLM, AutoTokenizer",
+                        "model = AutoModelForCausalLM.from_pretrained({at})",
+                        "tokenizer = AutoTokenizer.from_pretrained({at})"),
+}
+
+
+def _loading_snippet(repo_id: str, revision: str, library_name: str, pipeline_tag: str) -> str:
+    """How to load the release with the library and auto classes of its kind; an adapter on the base its
+    config pins."""
     at = f'"{repo_id}", revision="{revision}"'
-    if vision:
-        if adapter:
-            lines = ["from peft import PeftConfig, PeftModel",
-                     "from transformers import AutoModelForImageTextToText, AutoProcessor", "",
-                     f"config = PeftConfig.from_pretrained({at})",
-                     "base = AutoModelForImageTextToText.from_pretrained(config.base_model_name_or_path, "
-                     "revision=config.revision)",
-                     f"model = PeftModel.from_pretrained(base, {at})"]
-        else:
-            lines = ["from transformers import AutoModelForImageTextToText, AutoProcessor", "",
-                     f"model = AutoModelForImageTextToText.from_pretrained({at})"]
-        lines.append(f"processor = AutoProcessor.from_pretrained({at})")
-    else:
-        model_class = "AutoPeftModelForCausalLM" if adapter else "AutoModelForCausalLM"
-        lines = ["from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer" if adapter
-                 else "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                 f"model = {model_class}.from_pretrained({at})",
+    if library_name == "sentence-transformers":
+        lines = ["from sentence_transformers import SentenceTransformer", "",
+                 f"model = SentenceTransformer({at})"]
+    elif library_name == "peft" and pipeline_tag == "image-text-to-text":
+        lines = ["from peft import PeftConfig, PeftModel",
+                 "from transformers import AutoModelForImageTextToText, AutoProcessor", "",
+                 f"config = PeftConfig.from_pretrained({at})",
+                 "base = AutoModelForImageTextToText.from_pretrained(config.base_model_name_or_path, "
+                 "revision=config.revision)",
+                 f"model = PeftModel.from_pretrained(base, {at})",
+                 f"processor = AutoProcessor.from_pretrained({at})"]
+    elif library_name == "peft":
+        lines = ["from peft import AutoPeftModelForCausalLM", "from transformers import AutoTokenizer", "",
+                 f"model = AutoPeftModelForCausalLM.from_pretrained({at})",
                  f"tokenizer = AutoTokenizer.from_pretrained({at})"]
+    else:
+        imports, model, processing = _LOADERS.get(pipeline_tag, _LOADERS["text-generation"])
+        lines = [imports, "", model.format(at=at), processing.format(at=at)]
     return "```python\n" + "\n".join(lines) + "\n```"
 
 

@@ -26,7 +26,8 @@ POOL = Path(__file__).resolve().parents[1] / "data" / "hh_rlhf" / "pool.jsonl"
 
 def guanaco_prompts(count: int, max_chars: int) -> list[str]:
     """The distortion prompt of the first (user, assistant) pair of the pool's first ``count`` rows."""
-    from builders.polite_flamingo.distortions import llm_instructed_prompt, row_rng
+    from alignsmith.seeding import row_rng
+    from builders.polite_flamingo.distortions import llm_instructed_prompt
 
     prompts = []
     with open(POOL, encoding="utf-8") as fh:

@@ -31,6 +31,13 @@ GROUP = CommandGroup("build", "dataset builders: convert, Deita selection, prefe
         recipe="builders.polite_flamingo.recipe:PairsRecipe",
         example="recipes/build/pf-pairs/tiny.yaml",
     ),
+    "pf-rewrite": Command(
+        "Polite Flamingo: raw vision-language annotations rewritten by a published rewriter, filtered as PF-1M "
+        "(resumable, sharded).",
+        "builders.polite_flamingo.rewrite:run",
+        recipe="builders.polite_flamingo.rewrite_recipe:RewriteRecipe",
+        example="recipes/build/pf-rewrite/tiny.yaml",
+    ),
     "preferences": Command(
         "Mix, validate and publish a DPO preference dataset from published sets.",
         "builders.preferences:run",

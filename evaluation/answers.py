@@ -9,6 +9,9 @@ Prompt sets:
   column (one turn each), or any conversation dataset. A conversation is answered once per user message,
   each time given the conversation *as the dataset has it* up to that message (its own earlier assistant
   replies, not the model's): the simplest reading that keeps every turn's prompt fixed. Greedy by default.
+  With ``references: last_assistant`` the final assistant message is instead the question's reference answer
+  (a VQA set's ground truth), left out of what the model sees. Records with ``images`` (``<image>``
+  placeholders in their messages) are answered by an image-text-to-text chat model, given each turn's images.
 
 Work is sharded by question (turn 2 needs turn 1), each finished shard kept in ``work_dir``, so a killed
 run resumes and recomputes only the missing shards.
@@ -25,13 +28,16 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 from alignsmith.errors import AlignsmithError
 from alignsmith.lineage import ArtifactRef, load_revision, pin
-from alignsmith.models.generation import ChatModelSpec, Completion, DecodingSettings
-from alignsmith.recipes import HubRecipe, OutputRepo, help_text, to_dict
+from alignsmith.models.generation import ChatModelSpec, Completion, DecodingSettings, reads_images
+from alignsmith.records import IMAGE_PLACEHOLDER
+from alignsmith.recipes import HubRecipe, OutputRepo, RecipeError, help_text, to_dict
 from alignsmith.sources import DatasetSource
 from evaluation.inputs import read_jsonl
 from evaluation.mtbench import QUESTIONS, REFERENCE_ANSWERS, reference_answers
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from alignsmith.lineage import Lineage
     from alignsmith.models.generation import ChatModel
     from alignsmith.publish import Release
@@ -73,11 +79,21 @@ class AnswersRecipe(HubRecipe):
         "'mt_bench' (bundled FastChat questions, two turns), or a dataset: rows with an 'instruction' column "
         "(AlpacaEval) or conversations (each user message answered in the dataset's own context).",
         default="mt_bench")
+    references: Literal["none", "last_assistant"] = help_text(
+        "Reference answers of a conversation dataset: 'none' (every message is context), or 'last_assistant': "
+        "each conversation's final assistant message is its last turn's reference (a VQA set's ground truth, "
+        "published in 'reference'), never shown to the model.", default="none")
     decoding: AnswerDecoding = help_text("Decoding overrides.", default_factory=AnswerDecoding)
     max_questions: int | None = help_text("Answer only the first N questions (quick runs).", default=None, minimum=1)
     work_dir: str = help_text("Where finished shards are kept; a rerun resumes from them.", default="runs/eval/answers")
     shard_size: int = help_text("Questions per work shard (the unit of resumption).", default=16, minimum=1)
     output: OutputRepo = help_text("Dataset repo (and tag) to publish the answers to.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prompts == "mt_bench" and self.references != "none":
+            raise RecipeError("references: MT-Bench brings its own reference answers; 'last_assistant' applies to "
+                              "conversation datasets")
 
 
 @dataclass(frozen=True)
@@ -87,7 +103,8 @@ class Question:
     question_id: str
     category: str | None
     conversation: list[dict[str, str]]
-    references: list[str] | None = None  # one reference answer per turn, when the set has them
+    references: list[str | None] | None = None  # one reference answer per turn, when the set has them
+    images: list[dict[str, Any]] = field(default_factory=list)  # {"bytes", "path"}, in <image> placeholder order
 
     @property
     def turns(self) -> int:
@@ -130,12 +147,37 @@ def mt_bench() -> PromptSet:
                      [pin("prompts", str(QUESTIONS), "local"), pin("reference_answers", str(REFERENCE_ANSWERS), "local")])
 
 
-def dataset_prompts(src: DatasetSource) -> PromptSet:
+def turn_images(question: Question, messages: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
+    """The question's images that ``messages`` (a turn's prompt) refer to: one per ``<image>``, in order."""
+    return question.images[: sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)]
+
+
+def conversation_question(record: Mapping[str, Any], references: str, where: str) -> Question:
+    """A canonical conversation record as a question; with ``last_assistant`` its final assistant message
+    becomes the last turn's reference instead of context."""
+    messages = [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
+    reference = None
+    if references == "last_assistant":
+        if messages[-1]["role"] != "assistant":
+            raise AnswersError(f"{where}: record {record['id']!r}: field 'messages' must end with an assistant "
+                               "message (references: last_assistant takes it as the reference answer)")
+        reference = messages.pop()["content"]
+    question = Question(record["id"], json.loads(record.get("metadata") or "{}").get("category"), messages,
+                        images=list(record.get("images") or []))
+    if reference is None:
+        return question
+    return replace(question, references=[None] * (question.turns - 1) + [reference])
+
+
+def dataset_prompts(src: DatasetSource, references: str = "none") -> PromptSet:
     """AlpacaEval rows (``instruction``, optionally ``dataset`` as category) or any conversation dataset."""
     from alignsmith.sources import iter_rows, load_source
 
     loaded = load_source(src)
     if "instruction" in loaded.dataset.column_names and "input" not in loaded.dataset.column_names:
+        if references != "none":
+            raise AnswersError(f"{src.describe()}: references: 'last_assistant' needs conversations, and these rows "
+                               "are AlpacaEval instructions")
         questions = []
         for index, row in enumerate(iter_rows(loaded.dataset, where=src.describe())):
             if not isinstance(row["instruction"], str) or not row["instruction"].strip():
@@ -145,16 +187,14 @@ def dataset_prompts(src: DatasetSource) -> PromptSet:
                                       [{"role": "user", "content": row["instruction"]}]))
     else:
         records = loaded.to_records("conversation", require_assistant=False).records
-        questions = [Question(r["id"], json.loads(r.get("metadata") or "{}").get("category"),
-                              [{"role": m["role"], "content": m["content"]} for m in r["messages"]])
-                     for r in records]
+        questions = [conversation_question(r, references, src.describe()) for r in records]
     if not questions:
         raise AnswersError(f"{src.describe()}: no prompts to answer")
     return PromptSet(loaded.name, questions, False, {}, DATASET_DEFAULT_TEMPERATURE, [loaded.artifact_ref("prompts")])
 
 
 def load_prompt_set(recipe: AnswersRecipe) -> PromptSet:
-    prompts = mt_bench() if recipe.prompts == "mt_bench" else dataset_prompts(recipe.prompts)
+    prompts = mt_bench() if recipe.prompts == "mt_bench" else dataset_prompts(recipe.prompts, recipe.references)
     if recipe.max_questions is not None:
         prompts = replace(prompts, questions=prompts.questions[: recipe.max_questions])
     return prompts
@@ -189,7 +229,34 @@ def _questions_fingerprint(questions: Sequence[Question]) -> str:
     digest = hashlib.sha256()
     for q in questions:
         digest.update(json.dumps([q.question_id, q.category, q.conversation], ensure_ascii=False).encode() + b"\n")
+        for image in q.images:
+            digest.update(hashlib.sha256(_image_bytes(image)).digest())
     return digest.hexdigest()[:32]
+
+
+def _image_bytes(image: Mapping[str, Any]) -> bytes:
+    if image["bytes"] is not None:
+        return image["bytes"]
+    with open(image["path"], "rb") as file:
+        return file.read()
+
+
+def decode_image(image: Mapping[str, Any]) -> Image.Image:
+    """A question's image (``{"bytes", "path"}``) as the RGB picture a processor reads."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(_image_bytes(image))) as picture:
+        return picture.convert("RGB")
+
+
+def check_reads_images(model: ChatModel, questions: Sequence[Question], name: str) -> None:
+    """Refuse questions with images for a text-only model, before anything is generated."""
+    pictured = next((q for q in questions if q.images), None)
+    if pictured is not None and not reads_images(model):
+        raise AnswersError(f"question {pictured.question_id}: has {len(pictured.images)} image(s), and the model "
+                           f"{name!r} is text-only: use an image-text-to-text chat model")
 
 
 def answer_shard(model: ChatModel, questions: Sequence[Question], prompts: PromptSet,
@@ -201,7 +268,12 @@ def answer_shard(model: ChatModel, questions: Sequence[Question], prompts: Promp
         todo = [i for i, q in enumerate(questions) if q.turns >= turn]
         conversations = [turn_messages(questions[i], turn, answers[i] if prompts.own_history else None) for i in todo]
         settings = [settings_for(questions[i], prompts, decoding) for i in todo]
-        completions: list[Completion] = model.generate(conversations, settings)
+        if reads_images(model):
+            images = [[decode_image(image) for image in turn_images(questions[i], messages)]
+                      for i, messages in zip(todo, conversations)]
+            completions: list[Completion] = model.generate(conversations, settings, images=images)
+        else:
+            completions = model.generate(conversations, settings)
         if len(completions) != len(todo):
             raise RuntimeError(f"the model returned {len(completions)} replies for {len(todo)} conversations")
         for i, messages, setting, done in zip(todo, conversations, settings, completions):
@@ -229,6 +301,7 @@ def generate_all(recipe: AnswersRecipe, prompts: PromptSet, spec: ChatModelSpec,
     log.info("%d question(s) in %d shard(s), %d to answer", len(prompts.questions), plan.num_shards, len(todo))
     if todo:
         model = load_model(spec)  # a model without a chat template is refused at its first batch, before any shard is written
+        check_reads_images(model, prompts.questions, spec.model)
         for shard in tqdm(todo, desc="answer shards", unit="shard"):
             span = plan.rows(shard)
             rows = answer_shard(model, prompts.questions[span.start : span.stop], prompts, recipe.decoding)
@@ -263,18 +336,19 @@ def _published_row(row: Mapping[str, Any], prompts: PromptSet, model: str, model
         "prompt_tokens": row["prompt_tokens"], "completion_tokens": row["completion_tokens"],
         "decoding": row["decoding"], "model": model, "model_sha": model_sha, "prompt_set": prompts.name,
         "reference": question.references[row["turn"] - 1] if question.references else None,
+        "images": turn_images(question, row["messages"]),
     }
 
 
 def answer_features():
-    from datasets import Features, List, Value
+    from datasets import Features, Image, List, Value
 
     text, count = Value("string"), Value("int64")
     return Features({
         "question_id": text, "category": text, "turn": count,
         "messages": List({"role": text, "content": text}), "answer": text, "finish_reason": text,
         "prompt_tokens": count, "completion_tokens": count, "decoding": text, "model": text, "model_sha": text,
-        "prompt_set": text, "reference": text,
+        "prompt_set": text, "reference": text, "images": List(Image()),
     })
 
 
@@ -286,6 +360,7 @@ def _publish(recipe: AnswersRecipe, prompts: PromptSet, rows: list[dict[str, Any
 
     finish = Counter(r["finish_reason"] for r in rows)
     tokens = [r["completion_tokens"] for r in rows]
+    pictured = sum(bool(q.images) for q in prompts.questions)
     stats: dict[str, Any] = {
         "prompt set": prompts.name,
         "questions": len(prompts.questions),
@@ -294,6 +369,7 @@ def _publish(recipe: AnswersRecipe, prompts: PromptSet, rows: list[dict[str, Any
         "mean completion tokens": round(sum(tokens) / len(tokens), 1),
         "max_new_tokens": recipe.decoding.max_new_tokens,
         "temperature": recipe.decoding.temperature if recipe.decoding.temperature is not None else "per prompt set",
+        **({"questions with images": pictured} if pictured else {}),
     }
     content = CardContent(
         title=f"Answers of {model} to {prompts.name}",
@@ -306,8 +382,9 @@ def _publish(recipe: AnswersRecipe, prompts: PromptSet, rows: list[dict[str, Any
         tags=["evaluation", "model-answers", *(["mt-bench"] if prompts.name == "mt_bench" else [])],
         statistics=stats,
         figures=[histogram({"completion tokens": tokens}, "Answer length", "completion tokens", "answer_tokens.png")],
-        config_descriptions={STEP: "one row per question and turn: the messages up to that turn's user message, "
-                                   "the answer, its token counts, finish reason and decoding settings."},
+        config_descriptions={STEP: "one row per question and turn: the messages up to that turn's user message "
+                                   "and the images they refer to, the answer, its token counts, finish reason, "
+                                   "decoding settings and reference answer (when the set has one)."},
     )
     return publish_dataset(recipe.output, {STEP: {"train": dataset_from_rows(rows, answer_features())}}, content,
                            lineage, default_config=STEP)

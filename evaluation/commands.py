@@ -22,6 +22,13 @@ GROUP = CommandGroup("eval", "evaluation: answers, LLM judges, lighteval, win ra
         recipe="evaluation.lighteval_run:LightevalRecipe",
         example="recipes/eval/lighteval/tiny.yaml",
     ),
+    "metrics": Command(
+        "Polite Flamingo's judge-free metrics of an answers dataset (VQA by NLI, ROUGE-L, STS, reward win rate, "
+        "POPE), appended to a results dataset and the model card's model-index.",
+        "evaluation.reference_metrics:run",
+        recipe="evaluation.reference_metrics:MetricsRecipe",
+        example="recipes/eval/metrics/tiny.yaml",
+    ),
     "run": Command(
         "Answers, judgments and results for several models from one recipe; a rerun skips what is published.",
         "evaluation.run:run",

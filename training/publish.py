@@ -101,7 +101,7 @@ def publish_model(
         base_model=base.card_base_model,
         library_name=library,
         revision_hint=revision_hint,
-        vision=vision,
+        pipeline_tag="image-text-to-text" if vision else "text-generation",
     )
     return publish_folder(recipe.output, folder, card, lineage, figures=content.figures)
 

@@ -181,6 +181,25 @@ PromptFormat = Literal["chat", "raw"]
 
 
 @dataclass(kw_only=True)
+class MultiturnSpec:
+    """Clever Flamingo's multi-turn augmentation (alignsmith.multiturn): each training row becomes the first turn
+    of a conversation padded with randomly drawn rows of the whole mixture, as instruct_flamingo's data.py does."""
+
+    max_img: int = help_text("Image budget: drawing stops at the first draw that would reach it (the paper: 10 in "
+                             "stages 1 and 3, 3 in stage 2).", minimum=1)
+    max_tokens: int | None = help_text("Token budget the conversation is truncated to after drawing (images count "
+                                       "as the tokens they expand to); default: training.max_length.",
+                                       default=None, minimum=1)
+    max_draws: int = help_text("Most draws per conversation (32 in instruct_flamingo's scripts).", default=32,
+                               minimum=0)
+    truncate: Literal["turns", "reference"] = help_text(
+        "turns: drop whole trailing turns that do not fit; reference: cut the last one's response mid-way, as "
+        "instruct_flamingo does.", default="turns")
+    seed: int = help_text("Seed of the draws (per row: the same row draws the same turns whatever the order).",
+                          default=0)
+
+
+@dataclass(kw_only=True)
 class SFTRecipe(TrainRecipe):
     """Supervised fine-tuning on conversations (assistant-only loss by default), or on raw prompt/completion text."""
 
@@ -196,9 +215,17 @@ class SFTRecipe(TrainRecipe):
         "layout, such as a Polite Flamingo rewriter's pairs.",
         default="chat",
     )
+    multiturn: MultiturnSpec | None = help_text(
+        "Pad each training row with random rows of the mixture as later turns (chat rows of one user and one "
+        "assistant turn); unset: rows as they are.", default=None)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.multiturn is not None:
+            if self.raw_prompts:
+                raise RecipeError("multiturn: applies to chat conversations, not to prompt_format: raw")
+            if self.multiturn.max_tokens is None and self.training.get("max_length", 1024) is None:
+                raise RecipeError("multiturn.max_tokens: needed when training.max_length is null")
         if self.raw_prompts:
             if self.training.get("assistant_only_loss"):
                 raise RecipeError("training.assistant_only_loss: raw prompts have no assistant turns to mark; "
@@ -209,6 +236,16 @@ class SFTRecipe(TrainRecipe):
     @property
     def raw_prompts(self) -> bool:
         return self.prompt_format == "raw"
+
+    def multiturn_budget(self, default_max_length: int | None) -> Any:
+        """The multi-turn augmentation to apply, with its token budget resolved; None without one."""
+        from training.data import Multiturn
+
+        spec = self.multiturn
+        if spec is None:
+            return None
+        max_tokens = spec.max_tokens or self.training.get("max_length", default_max_length)
+        return Multiturn(spec.max_img, max_tokens, spec.max_draws, spec.truncate, spec.seed)
 
     def config_defaults(self) -> dict[str, Any]:
         if self.raw_prompts:

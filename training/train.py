@@ -23,7 +23,7 @@ from alignsmith.recipes import RESOLVED_RECIPE_FILENAME, RecipeError, save_resol
 from alignsmith.records import IMAGE_PLACEHOLDER
 
 from training.chat import prepare_chat, prepare_raw
-from training.data import TrainingData, for_model, load_mixture
+from training.data import TrainingData, for_model, load_mixture, tokens_per_image
 from training.models import (
     BaseModel,
     count_parameters,
@@ -33,7 +33,7 @@ from training.models import (
     pin_base_model,
 )
 from training.publish import DPO_REWARDS, TrainingSummary, publish_model
-from training.recipes import TrainRecipe
+from training.recipes import SFTRecipe, TrainRecipe
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,10 @@ def train(recipe: TrainRecipe, *, callbacks: Iterable[Any] = ()) -> TrainingResu
             processor=base.processor,
         )
     image_token = getattr(base.processor, "image_token", IMAGE_PLACEHOLDER) if base.processor is not None else None
-    data = for_model(data, base.tokenizer, image_token, raw=recipe.raw_prompts)
+    multiturn = recipe.multiturn_budget(args.max_length) if isinstance(recipe, SFTRecipe) else None
+    image_tokens = tokens_per_image(base.processor, image_token) if multiturn and image_token is not None else 1
+    data = for_model(data, base.tokenizer, image_token, raw=recipe.raw_prompts, multiturn=multiturn,
+                     image_tokens=image_tokens)
     if peft_config is not None and base.ref.repo_type == "model":
         peft_config.revision = base.ref.sha  # the adapter's config then pins the exact base it was trained on
     reference: dict[str, Any] = {}

@@ -26,9 +26,21 @@ class DecodingSettings:
     top_p: float = 1.0
     seed: int = 0  # sampling seed; with several rows, each row's generator is seeded from it and the row
     top_logprobs: int = 0  # return the most likely first tokens with their log-probabilities (judges' parsers)
+    # forbid repeating n-grams of this size (transformers' ``no_repeat_ngram_size``); in-process models only:
+    # the OpenAI API has no such field, so an endpoint model refuses it
+    no_repeat_ngram_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.no_repeat_ngram_size is not None and self.no_repeat_ngram_size < 1:
+            raise ValueError(f"no_repeat_ngram_size must be at least 1 (or None), got {self.no_repeat_ngram_size}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as recorded on rows and hashed into judge cache keys; an unset ``no_repeat_ngram_size``
+        is left out, so records and cache keys made before it existed stay the same."""
+        found = asdict(self)
+        if self.no_repeat_ngram_size is None:
+            del found["no_repeat_ngram_size"]
+        return found
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,12 @@ class ChatModel(Protocol):
     ) -> list[Completion]:
         """One reply per conversation, in order; ``settings`` is shared or given per conversation."""
         ...
+
+
+def reads_images(model: ChatModel) -> bool:
+    """Whether ``model.generate`` also takes each conversation's images (``images=``, PIL images in
+    ``<image>`` placeholder order), as :class:`~alignsmith.models.vision_chat.HFVisionChatModel` does."""
+    return getattr(model, "reads_images", False) is True
 
 
 def per_row(settings: DecodingSettings | Sequence[DecodingSettings], count: int) -> list[DecodingSettings]:

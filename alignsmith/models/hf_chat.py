@@ -8,8 +8,9 @@ Sampling seeds: each batch seeds torch's generator from ``(settings.seed, the sm
 index in the batch)``, so the same conversations, settings and ``batch_size`` give the same replies;
 another ``batch_size`` regroups rows and may sample differently.
 
-Knobs that :class:`DecodingSettings` does not name (top-k, repetition penalty...) follow the
-model's ``generation_config``, as vLLM and ``transformers serve`` do.
+``no_repeat_ngram_size`` is passed to ``generate`` when set. Knobs that :class:`DecodingSettings` does
+not name (top-k, repetition penalty...) follow the model's ``generation_config``, as vLLM and
+``transformers serve`` do.
 """
 
 from __future__ import annotations
@@ -147,13 +148,12 @@ class HFChatModel(PinnedModel):
         input_ids, attention_mask = left_pad(prompts, self.pad, self.model.device)
         # a reply ends where the model's context does (finish_reason "length"), never past it
         max_new_tokens = min(decoding.max_new_tokens, self.context - input_ids.shape[1])
-        sampling = decoding.temperature > 0
-        options: dict[str, Any] = {"temperature": decoding.temperature, "top_p": decoding.top_p} if sampling else {}
+        options = generate_options(decoding)
         forked = [self.model.device] if self.model.device.type == "cuda" else []
         with torch.random.fork_rng(devices=forked), torch.inference_mode():
             torch.manual_seed(batch_seed(decoding.seed, first_row))
             out = self.model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, do_sample=sampling,
+                input_ids=input_ids, attention_mask=attention_mask,
                 max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids, pad_token_id=self.pad,
                 return_dict_in_generate=True, output_logits=decoding.top_logprobs > 0, **options,
             )
@@ -226,6 +226,16 @@ def left_pad(prompts: Sequence[Sequence[int]], pad: int, device: torch.device) -
         input_ids[row, width - len(prompt):] = torch.as_tensor(prompt, dtype=torch.long)
         attention_mask[row, width - len(prompt):] = 1
     return input_ids.to(device), attention_mask.to(device)
+
+
+def generate_options(decoding: DecodingSettings) -> dict[str, Any]:
+    """The ``generate`` keyword arguments that :class:`DecodingSettings` decides (sampling, n-gram blocking)."""
+    options: dict[str, Any] = {"do_sample": decoding.temperature > 0}
+    if decoding.temperature > 0:
+        options |= {"temperature": decoding.temperature, "top_p": decoding.top_p}
+    if decoding.no_repeat_ngram_size is not None:
+        options["no_repeat_ngram_size"] = decoding.no_repeat_ngram_size
+    return options
 
 
 def batch_seed(seed: int, first_row: int) -> int:

@@ -58,6 +58,11 @@ class EndpointChatModel:
         self, conversations: Sequence[Sequence[Message]], settings: DecodingSettings | Sequence[DecodingSettings]
     ) -> list[Completion]:
         rows = per_row(settings, len(conversations))
+        refused = next((i for i, row in enumerate(rows) if row.no_repeat_ngram_size is not None), None)
+        if refused is not None:
+            raise self._error(f"conversation {refused}: no_repeat_ngram_size={rows[refused].no_repeat_ngram_size} "
+                              "cannot be sent (the OpenAI chat API has no such field); leave it unset, or run the "
+                              "model in this process")
         key = os.environ.get(self.api_key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         limits = httpx.Limits(max_connections=self.batch_size)

@@ -483,6 +483,8 @@ _CARD_KINDS = {
     "causal_lm": ("transformers", "text-generation"),
     "sentence_transformer": ("sentence-transformers", "sentence-similarity"),
     "vision_language": ("transformers", "image-text-to-text"),
+    "sequence_classifier": ("transformers", "text-classification"),
+    "clip": ("transformers", "zero-shot-image-classification"),
 }
 
 
@@ -498,8 +500,11 @@ def cli(argv: Sequence[str]) -> int:
     parser.add_argument("--max-position-embeddings", type=int, default=None,
                         help="Context length (causal_lm: 512, vision_language: 2048; rotary positions, so it adds "
                         "no weights).")
-    parser.add_argument("--image-size", type=int, default=32, help="Image side in pixels (vision_language only).")
-    parser.add_argument("--patch-size", type=int, default=8, help="Vision patch side (vision_language only).")
+    parser.add_argument("--image-size", type=int, default=32, help="Image side in pixels (vision_language, clip).")
+    parser.add_argument("--patch-size", type=int, default=8, help="Vision patch side (vision_language, clip).")
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="sequence_classifier: its label names in id order (e.g. contradiction entailment "
+                        "neutral for an NLI cross-encoder); unset: one output, a reward model.")
     parser.add_argument("--publish", metavar="REPO_ID", help="Also publish the folder as this model repo.")
     parser.add_argument("--tag", default=None, help="Version tag of the published model.")
     parser.add_argument("--hub", default="local", help="'local', 'huggingface' or a Hub URL.")
@@ -515,6 +520,12 @@ def cli(argv: Sequence[str]) -> int:
         out = build_vision_language_model(args.out, seed=args.seed, hidden_size=args.hidden_size,
                                           num_layers=args.num_layers, image_size=args.image_size,
                                           patch_size=args.patch_size, **context)
+    elif args.kind == "sequence_classifier":
+        out = build_sequence_classifier(args.out, num_labels=len(args.labels or [None]), id2label=args.labels,
+                                        seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers)
+    elif args.kind == "clip":
+        out = build_clip_model(args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers,
+                               image_size=args.image_size, patch_size=args.patch_size)
     else:
         out = build_sentence_transformer(args.out, seed=args.seed, hidden_size=args.hidden_size,
                                               num_layers=args.num_layers)
@@ -544,7 +555,6 @@ def _publish(folder: Path, args: argparse.Namespace) -> None:
     )
     library, pipeline = _CARD_KINDS[args.kind]
     card = model_card(args.publish, content, lineage, base_model=None, library_name=library,
-                      pipeline_tag=pipeline, revision_hint=args.tag or "main",
-                      vision=args.kind == "vision_language")
+                      pipeline_tag=pipeline, revision_hint=args.tag or "main")
     release = publish_folder(output, folder, card, lineage)
     print(f"published {release.repo_id}@{release.commit_sha} (revision {release.revision})")

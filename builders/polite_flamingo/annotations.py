@@ -61,7 +61,7 @@ from alignsmith.records import (
     type_name,
     validate_conversation,
 )
-from builders.polite_flamingo.distortions import row_rng
+from alignsmith.seeding import row_rng
 
 Task = Literal["vqa", "caption", "classification", "generic"]
 PathLike = str | os.PathLike[str]

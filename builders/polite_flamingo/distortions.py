@@ -59,7 +59,6 @@ without any ``.`` survives both sentence steps, which lifts the rate (e.g. to ab
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import re
@@ -69,6 +68,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from alignsmith.errors import AlignsmithError
+from alignsmith.seeding import row_rng
 
 DistortionKind = Literal["llm_instructed", "random_augmentation", "captions_and_boxes"]
 
@@ -96,20 +96,6 @@ class DistortionInputError(AlignsmithError):
     def __init__(self, row_id: object, field: str, problem: str) -> None:
         self.field, self.problem = field, problem
         super().__init__(f"row {row_id!r}, {field}: {problem}")
-
-
-# --- seeding -------------------------------------------------------------------------------------
-
-
-def row_seed(seed: int, row_id: str) -> int:
-    """A 64-bit seed from (global seed, row id), so a row's draws do not depend on batch order."""
-    digest = hashlib.sha256(f"{seed}\x00{row_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big")
-
-
-def row_rng(seed: int, row_id: str) -> random.Random:
-    """The generator for one row's draws."""
-    return random.Random(row_seed(seed, row_id))
 
 
 # --- (a) LLM-instructed distortion ---------------------------------------------------------------

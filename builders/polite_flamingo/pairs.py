@@ -39,6 +39,7 @@ from alignsmith.lineage import ArtifactRef, Lineage, pin
 from alignsmith.publish import Release, ensure_tag_free, publish_dataset
 from alignsmith.recipes import to_dict
 from alignsmith.records import IMAGE_PLACEHOLDER, dataset_from_rows, rejected_features
+from alignsmith.seeding import row_rng, row_seed
 from alignsmith.shards import ShardPlan, ShardStore, fingerprint
 from alignsmith.sources import LoadedSource, SourceError, load_source
 from builders.polite_flamingo.distortions import (
@@ -49,8 +50,6 @@ from builders.polite_flamingo.distortions import (
     cut_at_closing_quote,
     llm_instructed_prompt,
     random_augmentation,
-    row_rng,
-    row_seed,
 )
 from builders.polite_flamingo.recipe import PairsRecipe
 from builders.polite_flamingo.rewriting import RewriterLayout, rewriting_prompt

@@ -245,3 +245,47 @@ def test_shared_textvqa_first_20_questions(tmp_path: Path) -> None:
         assert record["raw"] == annotation["multiple_choice_answer"]
         assert record["answers"] == [x["answer"] for x in annotation["answers"]] and len(record["answers"]) == 10
         assert record["images"] == [{"bytes": None, "path": str(root / f"{question['image_id']}.jpg")}]
+
+
+VIZWIZ = SHARED / "data" / "vision" / "open_flamingo" / "vizwiz"
+LLAVA_CAPTIONS = SHARED / "data" / "vision" / "llava" / "caps_boxes_coco2014_val_80.jsonl"
+PF_IMAGES = SHARED / "data" / "vision" / "polite_flamingo"
+
+
+@pytest.mark.skipif(not VIZWIZ.exists(), reason="shared VizWiz files not available")
+def test_shared_vizwiz_questions_whose_image_ids_are_file_names(tmp_path: Path) -> None:
+    questions = json.loads((VIZWIZ / "val_questions_vqa_format.json").read_text())["questions"][:30]
+    wanted = {q["question_id"] for q in questions}
+    annotations = [a for a in json.loads((VIZWIZ / "val_annotations_vqa_format.json").read_text())["annotations"]
+                   if a["question_id"] in wanted]
+    q, a = _vqa_files(tmp_path, questions, annotations)
+    records, rejected = vqa_annotations(q, a, source="vizwiz", image_root=tmp_path, image_template="{image_id}",
+                                        require_images=False)
+    assert rejected == [] and len(records) == 30
+    for question, record in zip(questions, records):
+        assert record["images"][0]["path"] == str(tmp_path / question["image_id"])  # VizWiz_val_00000000.jpg
+        assert record["task"] == "vqa" and len(record["answers"]) == 10
+    assert any(r["raw"] == "unanswerable" for r in records)
+
+
+@pytest.mark.skipif(not LLAVA_CAPTIONS.exists(), reason="shared LLaVA captions file not available")
+def test_shared_coco_captions_become_detailed_description_records() -> None:
+    rows = [json.loads(line) for line in LLAVA_CAPTIONS.read_text().splitlines()]
+    records, rejected = caption_annotations(rows, source="coco", seed=0, require_images=False)
+    assert rejected == [] and len(records) == 80
+    for row, record in zip(rows, records):
+        assert record["raw"] == "\n".join(c.strip() for c in row["captions"])
+        assert record["instruction"].removesuffix(IMAGE_PLACEHOLDER) in DETAILED_DESCRIPTION_PROMPTS
+    assert len({r["instruction"] for r in records}) > 8  # the prompts vary from row to row
+
+
+@pytest.mark.skipif(not (PF_IMAGES / "textvqa_val_qa_for_fc126f88f3500417.jsonl").exists(),
+                    reason="shared Polite Flamingo samples not available")
+def test_shared_textvqa_questions_with_their_real_image_are_generic_records() -> None:
+    path = PF_IMAGES / "textvqa_val_qa_for_fc126f88f3500417.jsonl"
+    rows = [{"id": str(r["question_id"]), "instruction": r["question"], "images": [r["image"]],
+             "answer": max(sorted(set(r["answers"])), key=r["answers"].count)}  # the most common human answer
+            for r in map(json.loads, path.read_text().splitlines())]
+    records, rejected = generic_annotations(rows, source="textvqa", image_root=PF_IMAGES)
+    assert rejected == [] and [r["raw"] for r in records] == ["mets", "80"]
+    assert all(r["instruction"].endswith(IMAGE_PLACEHOLDER) for r in records)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from alignsmith.seeding import row_rng
 from builders.polite_flamingo.distortions import (
     BOX_PREAMBLE,
     DISTORTION_COMMANDS,
@@ -28,7 +29,6 @@ from builders.polite_flamingo.distortions import (
     random_char_augment,
     random_word_augment,
     render_llm_instructed_prompt,
-    row_rng,
     tokenize,
 )
 

@@ -13,20 +13,17 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, CLIP
 
 from alignsmith.models import tiny
 from alignsmith.models.loading import ModelLoadError, pinned
-from builders.polite_flamingo.filters import (
+from alignsmith.models.scorers import (
     NLI_LABELS,
     ClipScorer,
-    FilterInputError,
-    FilterSettings,
     NliScorer,
     RewardScorer,
     StsScorer,
-    filter_rows,
     nli_pair,
     paragraph_pieces,
     rouge_l,
-    top_k_by_reward,
 )
+from builders.polite_flamingo.filters import FilterInputError, FilterSettings, filter_rows, top_k_by_reward
 
 NLI_ORDER = ["contradiction", "entailment", "neutral"]
 

@@ -21,7 +21,8 @@ import httpx
 import pytest
 import torch
 from huggingface_hub import HfApi
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from PIL import Image
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from alignsmith.models import tiny
 from alignsmith.models.chat import load_chat_model
@@ -29,6 +30,7 @@ from alignsmith.models.generation import ChatModelSpec, DecodingSettings
 from alignsmith.models.hf_chat import ContextLengthError, HFChatModel, end_of_turn_id
 from alignsmith.models.loading import ModelLoadError
 from alignsmith.models.openai_chat import EndpointChatModel, EndpointError
+from alignsmith.models.vision_chat import HFVisionChatModel, ImageCountError
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello there"}],
@@ -242,6 +244,86 @@ def test_load_chat_model_picks_the_implementation(model_dir):
     assert remote.identity() == {"kind": "endpoint", "url": "http://127.0.0.1:9/v1", "model": "served-name"}
 
 
+class GenerateSpy:
+    """Wraps a model's ``generate`` and keeps the keyword arguments of every call."""
+
+    def __init__(self, generate) -> None:
+        self.generate, self.calls = generate, []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(kwargs)
+        return self.generate(*args, **kwargs)
+
+
+def test_no_repeat_ngram_size_reaches_generate_and_is_recorded_only_when_set(chat, monkeypatch):
+    spy = GenerateSpy(chat.model.generate)
+    monkeypatch.setattr(chat.model, "generate", spy)
+    blocked = DecodingSettings(max_new_tokens=12, no_repeat_ngram_size=1)
+    chat.generate(CONVERSATIONS[:2], blocked)
+    chat.complete(["Once upon a time"], blocked)
+    chat.generate(CONVERSATIONS[:1], GREEDY)
+    assert [call.get("no_repeat_ngram_size") for call in spy.calls] == [1, 1, None]
+    assert "no_repeat_ngram_size" not in spy.calls[-1]  # unset: the model's generation_config decides
+    # records and judge cache keys made before the field existed stay the same
+    assert "no_repeat_ngram_size" not in GREEDY.to_dict() and blocked.to_dict()["no_repeat_ngram_size"] == 1
+    with pytest.raises(ValueError, match="no_repeat_ngram_size must be at least 1"):
+        DecodingSettings(no_repeat_ngram_size=0)
+
+
+# --- image-text-to-text: raw prompt continuation ---------------------------------------------------------
+
+VISION_PROMPTS = ["<image>\nDescribe the picture.\n### Assistant: Sure, here is \"", "Once upon a time <image> there",
+                  "<image> and <image>: the same colour? Answer:", "x"]
+
+
+def noise(seed: int, size: tuple[int, int]) -> Image.Image:
+    import numpy as np
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, size=(*size, 3), dtype=np.uint8))
+
+
+VISION_IMAGES = [[noise(0, (40, 30))], [noise(1, (32, 32))], [noise(2, (20, 64)), noise(3, (48, 48))], []]
+
+
+@pytest.fixture(scope="module")
+def vlm_dir(tmp_path_factory) -> Path:
+    return tiny.build_vision_language_model(tmp_path_factory.mktemp("vlm") / "tiny-vlm", seed=0)
+
+
+def test_vision_complete_is_the_same_batched_as_alone_and_as_plain_generate(vlm_dir):
+    """Raw prompts with images share generate's batching: batch 3 == batch 1 == transformers' own generate."""
+    vision = HFVisionChatModel(str(vlm_dir), batch_size=1)
+    alone = vision.complete(VISION_PROMPTS, VISION_IMAGES, GREEDY)
+    vision.batch_size = 3
+    batched = vision.complete(VISION_PROMPTS, VISION_IMAGES, GREEDY)
+    assert batched == alone
+    assert all(c.completion_tokens > 0 for c in alone)
+    processor = AutoProcessor.from_pretrained(vlm_dir)
+    model = AutoModelForImageTextToText.from_pretrained(vlm_dir).eval()
+    encoded = processor(text=[VISION_PROMPTS[0]], images=VISION_IMAGES[0], return_tensors="pt")
+    width = encoded["input_ids"].shape[1]
+    assert encoded["input_ids"][0, 0] == processor.tokenizer.bos_token_id  # special tokens as at inference
+    with torch.inference_mode():
+        expected = model.generate(**encoded, max_new_tokens=12, do_sample=False)[0, width:]
+    assert alone[0].text == processor.tokenizer.decode(expected, skip_special_tokens=True)
+    assert alone[0].prompt_tokens == width == vision.prompt_tokens(VISION_PROMPTS[0], VISION_IMAGES[0])
+
+
+def test_vision_complete_checks_images_context_and_passes_no_repeat_ngram_size(vlm_dir, monkeypatch):
+    vision = HFVisionChatModel(str(vlm_dir), batch_size=2)
+    with pytest.raises(ImageCountError, match="prompt 1: 2 <image> placeholder.*but 1 image"):
+        vision.complete([VISION_PROMPTS[0], VISION_PROMPTS[2]], [VISION_IMAGES[0], VISION_IMAGES[0]], GREEDY)
+    long = "word " * vision.context
+    assert vision.prompt_tokens(long, []) >= vision.context
+    with pytest.raises(ContextLengthError, match=f"prompt 1 renders to .* context is {vision.context}"):
+        vision.complete([VISION_PROMPTS[3], long], [[], []], GREEDY)
+    spy = GenerateSpy(vision.model.generate)
+    monkeypatch.setattr(vision.model, "generate", spy)
+    vision.complete(VISION_PROMPTS[:1], VISION_IMAGES[:1], DecodingSettings(max_new_tokens=4, no_repeat_ngram_size=3))
+    vision.complete(VISION_PROMPTS[:1], VISION_IMAGES[:1], DecodingSettings(max_new_tokens=4))
+    assert [call.get("no_repeat_ngram_size") for call in spy.calls] == [3, None]
+
+
 # --- a real OpenAI-compatible server: transformers serve -----------------------------------------------
 
 
@@ -373,6 +455,14 @@ def test_requests_carry_the_settings_and_key_and_replies_parse(scripted, monkeyp
     monkeypatch.delenv("TEST_CHAT_KEY")
     model.generate(CONVERSATIONS[:1], GREEDY)
     assert "Authorization" not in script.requests[-1][0] and "logprobs" not in script.requests[-1][1]
+
+
+def test_no_repeat_ngram_size_is_refused_before_any_request(scripted):
+    url, script = scripted
+    settings = [GREEDY, DecodingSettings(max_new_tokens=12, no_repeat_ngram_size=3)]
+    with pytest.raises(EndpointError, match=r"conversation 1: no_repeat_ngram_size=3 .*OpenAI chat API has no such"):
+        EndpointChatModel(url, "m").generate(CONVERSATIONS[:2], settings)
+    assert script.requests == []
 
 
 def test_429_and_5xx_are_retried_with_backoff(scripted):

@@ -175,3 +175,88 @@ def test_a_text_only_base_refuses_rows_with_images(hub, files, tmp_path):
                  "--hub", hub.url]) == 0
     with pytest.raises(TrainingDataError, match=r"record 'c0', field 'images': the base model is text-only"):
         train(_recipe(SFTRecipe, f"{NS}/tiny-lm", files["chats"], tmp_path, "text-with-images"))
+
+
+def test_a_u_shaped_schedule_tunes_a_vision_language_model_on_pf_rows_mixed_with_text(vlm, files, tmp_path):
+    """Clever Flamingo's three stages on PF-1M-style rows (``input``/``output``/``original``, read as alpaca
+    with ``input`` renamed to ``instruction``) mixed with text-only chats: LoRA, then the projector alone,
+    then LoRA at a 10x lower rate; each stage starts from the commit the previous one published."""
+    from training.pipeline import run as run_pipeline
+    from training.recipes import PipelineRecipe
+
+    folder = files["raw"].parent
+    pf_rows = [{"id": f"pf{i}", "input": f"What colour is this?{IMAGE_PLACEHOLDER}", "original": colour,
+                "output": f"The picture shows the colour {colour}.", "rouge_score": 0.2, "reward": 1.0,
+                "images": [f"{colour}.png"]} for i, colour in enumerate(COLOURS)]
+    (folder / "pf.jsonl").write_text("".join(json.dumps(row) + "\n" for row in pf_rows))
+    text_rows = [{"id": f"t{i}", "messages": [{"role": "user", "content": f"Say {w}."},
+                                            {"role": "assistant", "content": f"{w}."}]}
+                 for i, w in enumerate(["one", "two", "three", "four"])]
+    (folder / "text.jsonl").write_text("".join(json.dumps(row) + "\n" for row in text_rows))
+    pf = {"path": str(folder / "pf.jsonl"), "format": "alpaca", "columns": {"input": "instruction"},
+          "extra_columns": "drop"}
+    text = {"path": str(folder / "text.jsonl")}
+    lora = {"r": 8, "lora_alpha": 16, "target_modules": r".*language_model.*\.(q_proj|v_proj)"}
+    recipe = build(PipelineRecipe, {
+        "base_model": {"path": vlm, "revision": "v1"},
+        "defaults": {"training": {**CPU, "max_steps": 2, "per_device_train_batch_size": 4}},
+        "stages": [
+            {"kind": "sft", "lora": lora, "data": {"datasets": [text, {**pf, "weight": 0.5}]},
+             "training": {"learning_rate": 1e-4}, "output": {"repo_id": f"{NS}/cf-stage1", "tag": "v1", "merged": True},
+             "output_dir": str(tmp_path / "s1")},
+            {"kind": "sft", "unfrozen": ["multi_modal_projector"], "data": {"datasets": [pf]},
+             "training": {"learning_rate": 1e-4}, "output": {"repo_id": f"{NS}/cf-stage2", "tag": "v1"},
+             "output_dir": str(tmp_path / "s2")},
+            {"kind": "sft", "lora": lora, "data": {"datasets": [text, {**pf, "weight": 0.5}]},
+             "training": {"learning_rate": 1e-5}, "output": {"repo_id": f"{NS}/cf-stage3", "tag": "v1"},
+             "output_dir": str(tmp_path / "s3")},
+        ],
+    })
+    releases = run_pipeline(recipe)
+    from alignsmith.lineage import read_lineage
+
+    for previous, release in zip(releases, releases[1:]):
+        lineage, _ = read_lineage(release.repo_id, "model", "v1")
+        assert (lineage.models[0].repo_id, lineage.models[0].sha) == (previous.repo_id, previous.commit_sha)
+    stage2 = card_metadata(Path(_download(f"{NS}/cf-stage2", "README.md")).read_text())
+    assert stage2["pipeline_tag"] == "image-text-to-text"
+    model = AutoModelForImageTextToText.from_pretrained(f"{NS}/cf-stage2", revision="v1")
+    before = AutoModelForImageTextToText.from_pretrained(f"{NS}/cf-stage1", revision="v1")
+    changed = {name for (name, a), (_, b) in zip(model.named_parameters(), before.named_parameters())
+               if not torch.equal(a, b)}
+    assert changed and all("multi_modal_projector" in name for name in changed)
+
+
+def test_multiturn_augmentation_pads_rows_with_drawn_turns_within_the_image_budget(vlm, files, tmp_path):
+    folder = files["raw"].parent
+    rows = [{"id": f"i{i}", "messages": [{"role": "user", "content": f"{IMAGE_PLACEHOLDER}Colour {i}?"},
+                                          {"role": "assistant", "content": f"It is {colour}."}],
+             "images": [f"{colour}.png"]} for i, colour in enumerate(COLOURS)]
+    rows += [{"id": f"t{i}", "messages": [{"role": "user", "content": f"Say {i}."},
+                                          {"role": "assistant", "content": f"{i}."}]} for i in range(4)]
+    (folder / "single.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    first = FirstBatch()
+    train(_recipe(SFTRecipe, vlm, folder / "single.jsonl", tmp_path, "multiturn",
+                  multiturn={"max_img": 3, "max_tokens": 400, "seed": 1},
+                  training={**CPU, "max_steps": 1, "per_device_train_batch_size": 8}), callbacks=[first])
+    processor = AutoProcessor.from_pretrained(vlm, revision="v1")
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    user_turns = []
+    for ids, mask in zip(first.batch["input_ids"], first.batch["attention_mask"]):
+        assert int((ids == image_id).sum()) <= 2 * 16  # drawing stops before a third image
+        assert int(mask.sum()) <= 400 + 16  # within the budget (the tiny template's BOS aside)
+        user_turns.append(processor.tokenizer.decode(ids).count("<|user|>"))
+    assert max(user_turns) > 1 and len(user_turns) == 8
+
+
+def test_multiturn_leaves_dialogues_as_they_are_and_needs_a_budget(vlm, files, tmp_path):
+    first = FirstBatch()
+    train(_recipe(SFTRecipe, vlm, files["chats"], tmp_path, "multiturn-dialogues",
+                  multiturn={"max_img": 3, "max_tokens": 400}), callbacks=[first])
+    processor = AutoProcessor.from_pretrained(vlm, revision="v1")
+    for ids in first.batch["input_ids"]:
+        assert processor.tokenizer.decode(ids).count("<|user|>") == 2  # the rows' own two turns, nothing drawn
+    with pytest.raises(RecipeError, match="multiturn: applies to chat"):
+        _recipe(SFTRecipe, vlm, files["raw"], tmp_path, "x", prompt_format="raw", multiturn={"max_img": 3})
+    with pytest.raises(RecipeError, match="multiturn.max_tokens: needed when training.max_length is null"):
+        _recipe(SFTRecipe, vlm, files["chats"], tmp_path, "x", multiturn={"max_img": 3})

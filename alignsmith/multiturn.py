@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from alignsmith.recipes import check_choice
 from alignsmith.records import IMAGE_PLACEHOLDER, Conversation, Message, RecordError
-from builders.polite_flamingo.distortions import row_rng
+from alignsmith.seeding import row_rng
 
 TruncateMode = Literal["turns", "reference"]
 TRUNCATE_MODES: tuple[TruncateMode, ...] = ("turns", "reference")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from alignsmith.records import IMAGE_PLACEHOLDER, Message, RecordError
-from builders.polite_flamingo.multiturn import MAX_DRAWS, Sample, draw_turns, multiturn_conversation, truncate_turns
+from alignsmith.multiturn import MAX_DRAWS, Sample, draw_turns, multiturn_conversation, truncate_turns
 
 
 def _sample(name: str, n_images: int = 0, response: str = "ok") -> Sample:

@@ -112,16 +112,25 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def load_command_recipe(cmd: Command, config: str | None, overrides: Sequence[str] = ()) -> Any:
+    """``cmd``'s recipe from ``config`` + ``--key value`` overrides, checked whole (shared with ``chain run``)."""
+    return load_recipe(_resolve(cmd.recipe), config, overrides)
+
+
+def run_loaded_recipe(cmd: Command, recipe: Any) -> Any:
+    """Connect to the recipe's Hub and run ``cmd`` on it: what the CLI (and each chain step) does."""
+    from alignsmith.endpoint import connect
+
+    connect(recipe)
+    return _resolve(cmd.run)(recipe)
+
+
 def run_recipe_command(cmd: Command, argv: Sequence[str]) -> Any:
     """Parse ``--config`` + overrides (the whole recipe is checked here), connect to its Hub, and run."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--config", default=None)
     known, overrides = parser.parse_known_args(argv)
-    recipe = load_recipe(_resolve(cmd.recipe), known.config, overrides)
-    from alignsmith.endpoint import connect
-
-    connect(recipe)
-    return _resolve(cmd.run)(recipe)
+    return run_loaded_recipe(cmd, load_command_recipe(cmd, known.config, overrides))
 
 
 def _find(argv: list[str]) -> tuple[str, str, Command] | int:

@@ -1,5 +1,5 @@
-"""The core's command groups: the embedded Hub, tiny models and lineage (``alignsmith/hub``,
-``alignsmith/models``, ``alignsmith/lineage.py``)."""
+"""The core's command groups: the embedded Hub, tiny models, lineage and chains (``alignsmith/hub``,
+``alignsmith/models``, ``alignsmith/lineage.py``, ``alignsmith/chain.py``)."""
 
 from alignsmith.cli import Command, CommandGroup
 
@@ -16,4 +16,10 @@ MODELS = CommandGroup("models", "tiny offline models for tests, demos and benchm
 
 LINEAGE = CommandGroup("lineage", "read lineage back from published artifacts", "alignsmith/lineage.py", {
     "show": Command("Print the lineage recorded in a published artifact's card.", "alignsmith.lineage:cli"),
+})
+
+CHAIN = CommandGroup("chain", "several commands in order from one recipe (the main job is one)", "alignsmith/chain.py", {
+    "run": Command("Run a chain of commands, each with its recipe; skip steps already published by the same "
+                   "recipe.", "alignsmith.chain:run", recipe="alignsmith.chain:ChainRecipe",
+                   example="recipes/chain/demo.yaml"),
 })

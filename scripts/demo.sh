@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job, offline: set up, start an embedded Hub under runs/demo/hub, publish a tiny scorer,
-# run the Deita builder on the bundled HH-RLHF pool, and read the published dataset back by tag.
+# The main job, offline: set up, then run the whole chain of recipes/chain/demo.yaml on an embedded Hub
+# under runs/demo/hub with tiny models (Deita on the bundled HH-RLHF pool, SFT, preferences, SFT then DPO,
+# evaluation, Polite Flamingo from raw annotations to a tuned and evaluated model), print what each step
+# published where, and read the Deita dataset back by tag as any user would.
 # Rerunning starts afresh (published tags are never moved) and keeps the previous run: runs/demo, with its
 # embedded Hub and everything published to it, is moved aside to runs/demo.<date-time> first.
 set -euo pipefail
@@ -19,14 +21,10 @@ if [ -e runs/demo ]; then
   echo "serve it with: alignsmith hub start --root $kept/hub"
 fi
 
-# 1. a tiny, untrained scorer published to the embedded Hub (stands in for hkust-nlp/deita-*-scorer)
-alignsmith models tiny --out runs/demo/models/tiny-scorer --hidden-size 64 --max-position-embeddings 2048 --seed 0 \
-    --publish alignsmith-demo/tiny-scorer --tag v1.0.0
+# 1. the chain: every step's command and recipe is checked first; each step publishes to the embedded Hub
+alignsmith chain run --config recipes/chain/demo.yaml
 
-# 2. the Deita builder: score, embed, select, publish alignsmith-demo/deita-hh-rlhf@v1.0.0
-alignsmith build deita --config recipes/build/deita/demo.yaml
-
-# 3. consume it as any user would
+# 2. consume what it published as any user would
 eval "$(alignsmith hub start | tail -n 1)"
 python - <<'PY'
 from datasets import get_dataset_config_names, load_dataset
@@ -45,3 +43,12 @@ print(f"  lineage: pool {lineage.inputs[0].repo_id} sha256 {lineage.inputs[0].sh
       + ", ".join(f"{m.role} {m.repo_id}@{m.sha[:12]}" for m in lineage.models))
 PY
 echo "The embedded Hub keeps running in the background (alignsmith hub stop to stop it)."
+
+# 3. the results Space over all of it; in a terminal it is served until Ctrl-C, otherwise the command is shown
+serve="alignsmith space serve --config recipes/space/serve/demo.yaml"
+if [ -t 1 ]; then
+  echo "Serving the results Space (Ctrl-C stops it):"
+  $serve
+else
+  echo "Serve the results Space with: $serve"
+fi

@@ -38,7 +38,9 @@ def test_rerunning_the_demo_keeps_the_previous_run_and_says_where(tmp_path):
     kept = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("demo.")]
     assert len(kept) == 1 and (kept[0] / "hub" / "repos" / "published-model").read_text() == "weights"
     assert f"kept in runs/{kept[0].name}" in done.stdout
-    assert "build deita --config recipes/build/deita/demo.yaml" in (tmp_path / ".venv" / "bin" / "calls").read_text()
+    assert "chain run --config recipes/chain/demo.yaml" in (tmp_path / ".venv" / "bin" / "calls").read_text()
+    # output redirected (no terminal): the Space is not served, its command is shown
+    assert "Serve the results Space with: alignsmith space serve --config recipes/space/serve/demo.yaml" in done.stdout
 
 
 def test_a_command_that_starts_a_background_hub_says_so_even_when_it_fails(tmp_path):

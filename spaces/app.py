@@ -63,6 +63,10 @@ class Views:
         return data.paired_answers(self.source.dataset(answers_a, "answers"), self.source.dataset(answers_b, "answers"),
                                    graded)
 
+    def mt_bench_categories(self) -> pd.DataFrame:
+        judgments = [self.source.dataset(j, "judgments") for j in self.source.config.judgments]
+        return data.category_scores(pd.concat(judgments, ignore_index=True) if judgments else pd.DataFrame())
+
     def deita(self, dataset: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """Decision counts, score distributions, selected rows and rejected rows of a Deita dataset."""
         scored = self.source.dataset(dataset, "scored")
@@ -143,6 +147,11 @@ def build_demo(source: HubSource) -> gr.Blocks:
                 saved = gr.Dataframe(label="Answers", interactive=False, wrap=True)
                 compare = gr.Button("Compare")
                 compare.click(views.saved_answers, [answers_a, answers_b], saved, api_name="saved_answers")
+            if config.judgments:
+                categories = gr.BarPlot(x="bar", y="score", color="model", x_title="category | model",
+                                        label="MT-Bench score by category (readable judgments only)")
+                by_category = gr.Button("Scores by category")
+                by_category.click(views.mt_bench_categories, None, categories, api_name="mt_bench_categories")
         with gr.Tab("Dataset explorer"):
             if config.deita:
                 gr.Markdown("### Deita")

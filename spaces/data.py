@@ -204,6 +204,25 @@ def paired_answers(a: pd.DataFrame, b: pd.DataFrame, judgments: pd.DataFrame) ->
     return both[columns].sort_values(keys).reset_index(drop=True)
 
 
+def category_scores(judgments: pd.DataFrame) -> pd.DataFrame:
+    """MT-Bench's per-category view: each model@sha's mean judge score over the readable judgments of each category
+    (FastChat's show_result averages the same way), with how many judgments each mean rests on."""
+    columns = ["model", "category", "score", "n", "bar"]
+    needed = {"model", "model_sha", "category", "score"}
+    if judgments.empty or not needed <= set(judgments.columns):
+        return pd.DataFrame(columns=columns)
+    readable = judgments[judgments.score.notna() & (judgments.score >= 0)]
+    if "parse_ok" in readable.columns:
+        readable = readable[readable.parse_ok.astype(bool)]
+    if readable.empty:
+        return pd.DataFrame(columns=columns)
+    labelled = readable.assign(model=[f"{m}@{s[:7]}" for m, s in zip(readable.model, readable.model_sha)])
+    grouped = labelled.groupby(["model", "category"], sort=True).score.agg(["mean", "size"]).reset_index()
+    grouped.columns = ["model", "category", "score", "n"]
+    grouped = grouped.sort_values(["category", "model"], kind="stable").reset_index(drop=True)
+    return grouped.assign(bar=[f"{c} | {m}" for c, m in zip(grouped.category, grouped.model)])
+
+
 def _last_user(messages: Any) -> str:
     return [m["content"] for m in messages if m["role"] == "user"][-1]
 

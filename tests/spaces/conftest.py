@@ -90,9 +90,11 @@ def _answers(name: str, model: str, sha: str, judged: bool) -> str:
                 "messages": List({"role": text, "content": text}), "answer": text, "model": text, "model_sha": text}
     if not judged:
         return _publish(f"{name}-answers", {"answers": (rows, Features(features))})
-    judgment = {"question_id": "81", "turn": 1, "model": model, "model_sha": sha, "score": 8.0}
+    judgment = {"question_id": "81", "turn": 1, "category": "writing", "model": model, "model_sha": sha, "score": 8.0,
+                "parse_ok": True}
     return _publish(f"{name}-judgments", {"judgments": ([judgment], Features({
-        "question_id": text, "turn": Value("int64"), "model": text, "model_sha": text, "score": Value("float64")}))})
+        "question_id": text, "turn": Value("int64"), "category": text, "model": text, "model_sha": text,
+        "score": Value("float64"), "parse_ok": Value("bool")}))})
 
 
 @pytest.fixture(scope="package")

@@ -18,7 +18,7 @@ def _rows(value: dict) -> list[dict]:
 def test_every_endpoint_is_named(client):
     named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/leaderboard", "/model", "/chat", "/side_by_side", "/saved_answers", "/deita", "/pf_sources",
-            "/pf_source", "/pf_rejected"} <= named
+            "/pf_source", "/pf_rejected", "/mt_bench_categories"} <= named
 
 
 def test_leaderboard_and_its_filters(client, published):
@@ -55,6 +55,8 @@ def test_side_by_side_live_and_saved(client):
     job = client.submit(f"{NS}/tiny-a@v1", f"{NS}/tiny-b@v1", "Hi", api_name="/side_by_side")
     updates = list(job)
     assert len(updates) > 16 and len(job.result()) == 2  # A's tokens streamed, then B's
+    categories = client.predict(api_name="/mt_bench_categories")
+    assert [(r[1], r[2], r[3]) for r in categories["data"]] == [("writing", 8.0, 1)]  # tiny-a's one judgment
     saved = _rows(client.predict(f"{NS}/a-answers@v1", f"{NS}/b-answers@v1", api_name="/saved_answers"))
     assert saved == [{"question_id": "81", "turn": 1, "category": "writing", "question": "Name a colour.",
                       "answer_a": "a says hi", "score_a": 8.0, "answer_b": "b says hi", "score_b": None}]

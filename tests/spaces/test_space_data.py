@@ -123,3 +123,16 @@ def test_config_names_repos_with_revisions():
     assert RepoAt.parse("org/a@v1") == RepoAt("org/a", "v1") and str(RepoAt("org/a")) == "org/a"
     with pytest.raises(RecipeError, match="namespace/name"):
         build(SpaceConfig, {"models": ["no-namespace@v1"]})
+
+
+def test_category_scores_average_readable_judgments_per_model_and_category():
+    judgments = pd.DataFrame([
+        {"model": "org/a", "model_sha": "a1" * 20, "category": "writing", "score": 8.0, "parse_ok": True},
+        {"model": "org/a", "model_sha": "a1" * 20, "category": "writing", "score": 6.0, "parse_ok": True},
+        {"model": "org/a", "model_sha": "a1" * 20, "category": "math", "score": -1.0, "parse_ok": False},  # unreadable
+        {"model": "org/b", "model_sha": "b1" * 20, "category": "math", "score": 3.0, "parse_ok": True},
+    ])
+    table = data.category_scores(judgments)
+    assert [(r.bar, r.score, r.n) for r in table.itertuples()] == [
+        ("math | org/b@b1b1b1b", 3.0, 1), ("writing | org/a@a1a1a1a", 7.0, 2)]
+    assert data.category_scores(judgments[judgments.score < 0]).empty

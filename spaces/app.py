@@ -28,6 +28,33 @@ class Views:
         table = data.filter_leaderboard(data.leaderboard(self.source.results()), search, chosen or [])
         return table, data.plot_data(table)
 
+    def training_data(self, score: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Each leaderboard model@sha with the data it trained on (from its lineage and the cards), and the
+        points of ``score`` against its training rows."""
+        board = data.leaderboard(self.source.results())
+        trained = {(m, s): found for m, s in zip(board.model, board.model_sha)
+                   if (found := self._trained_on(m, s)) is not None}
+        table = data.training_table(board, trained)
+        return table, data.training_plot(table, score)
+
+    def _trained_on(self, model: str, sha: str) -> dict[str, Any] | None:
+        """What ``model@sha`` trained on; None when the Hub has no such model (a local folder, say)."""
+        from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+
+        try:
+            found = self.source.lineage(model, "model", sha)
+            datasets = {}
+            for ref in found[0].inputs if found else []:
+                if ref.repo_type == "dataset" and ref.sha:
+                    parent = self.source.lineage(ref.repo_id, "dataset", ref.sha)
+                    datasets[f"{ref.repo_id}@{ref.sha}"] = (
+                        parent[0] if parent else None, ref.sha,
+                        data.card_statistics(self.source.readme(ref.repo_id, "dataset", ref.sha)))
+            stats = data.card_statistics(self.source.readme(model, "model", sha))
+        except (HFValidationError, RepositoryNotFoundError, RevisionNotFoundError):
+            return None
+        return data.trained_on(found[0] if found else None, stats, datasets)
+
     def model(self, model: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str | None]:
         """Card metadata, lineage (two levels), results at exactly this revision, and the loss figure."""
         ref, sha = RepoAt.parse(model), self.source.sha(model)
@@ -119,6 +146,15 @@ def build_demo(source: HubSource) -> gr.Blocks:
                               x_title="score | model")
             gr.on([search.submit, chosen.change], views.leaderboard, [search, chosen], [table, plot],
                   api_name="leaderboard")
+            gr.Markdown("### Score against training data\nEach model's training dataset (from its lineage), the "
+                        "selection strategy that made it, and its training rows (from its card).")
+            scores = data.score_columns(board)
+            score = gr.Dropdown(scores, value=scores[0] if scores else None, label="Score (benchmark/metric)")
+            training = gr.Dataframe(label="Training data and scores", interactive=False, wrap=True)
+            training_plot = gr.ScatterPlot(x="training_rows", y="value", color="strategy",
+                                           label="Score against training rows",
+                                           x_title="training rows", y_title="score", tooltip=["model", "strategy"])
+            score.change(views.training_data, score, [training, training_plot], api_name="training_data")
         with gr.Tab("Model"):
             model = gr.Dropdown(models, value=models[0] if models else None, label="Model @ revision")
             card = gr.Dataframe(label="Card", interactive=False)
@@ -173,6 +209,7 @@ def build_demo(source: HubSource) -> gr.Blocks:
                 pf.change(views.pf_rejected, pf, pf_rejected, api_name="pf_rejected")
         # a visit opens on the first model and datasets already shown; these loads are not API endpoints
         hidden = {"api_visibility": "private"}
+        demo.load(views.training_data, score, [training, training_plot], **hidden)
         if models:
             demo.load(views.model, model, [card, lineage, results, loss], **hidden)
         if config.deita:

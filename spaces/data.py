@@ -233,3 +233,73 @@ def _scores_of(both: pd.DataFrame, judgments: pd.DataFrame, side: str) -> list[f
     score = {(r.model, r.model_sha, r.question_id, r.turn): r.score for r in judgments.itertuples()}
     return [score.get((m, s, q, t)) for m, s, q, t in zip(both[f"model_{side}"], both[f"model_sha_{side}"],
                                                            both.question_id, both.turn)]
+
+
+TRAINING_COLUMNS = ["model", "model_sha", "training_dataset", "strategy", "selected_rows", "training_rows"]
+UNKNOWN = "unknown"
+
+
+def card_statistics(text: str) -> dict[str, str]:
+    """The ``## Statistics`` table of an alignsmith card's body (``| key | value |`` rows), as strings."""
+    stats: dict[str, str] = {}
+    inside = False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            inside = line.strip() == "## Statistics"
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if inside and line.startswith("|") else []
+        if len(cells) == 2 and cells[0] and not set(cells[0]) <= {"-"}:
+            stats[cells[0]] = cells[1]
+    return stats
+
+
+def _count(value: Any) -> float:
+    try:
+        return float(str(value).replace(",", ""))
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def trained_on(lineage: Lineage | None, model_stats: Mapping[str, str],
+               datasets: Mapping[str, tuple[Lineage | None, str, Mapping[str, str]]]) -> dict[str, Any]:
+    """What one model trained on: its lineage's dataset inputs (``repo@sha``, shortened), the selection strategy
+    each records (``selection.strategy`` of its recipe; the making command where it has none), how many rows
+    those datasets selected, and the card's ``training rows`` (after any evaluation split).
+
+    ``datasets`` maps an input's ``repo_id@sha`` to that dataset's (lineage or None, sha, card statistics).
+    """
+    inputs = [r for r in (lineage.inputs if lineage else []) if r.repo_type == "dataset"]
+    names, strategies, selected = [], [], []
+    for ref in inputs:
+        parent, sha, stats = datasets.get(f"{ref.repo_id}@{ref.sha}", (None, ref.sha or "", {}))
+        names.append(f"{ref.repo_id}@{(sha or ref.revision or '')[:12]}")
+        selection = (parent.recipe.get("selection") or {}) if parent is not None else {}
+        strategies.append(selection.get("strategy") or (f"({parent.command})" if parent is not None else UNKNOWN))
+        selected.append(_count(stats.get("selected")))
+    return {
+        "training_dataset": ", ".join(dict.fromkeys(names)),
+        "strategy": " + ".join(dict.fromkeys(strategies)) or UNKNOWN,
+        "selected_rows": float(sum(selected)) if selected else float("nan"),
+        "training_rows": _count(model_stats.get("training rows")),
+    }
+
+
+def training_table(board: pd.DataFrame, trained: Mapping[tuple[str, str], Mapping[str, Any]]) -> pd.DataFrame:
+    """The leaderboard with what each model@sha trained on: dataset, strategy, selected and training rows, then
+    every score. ``trained`` maps (model, sha) to :func:`trained_on`'s dict; a model it lacks is ``unknown``."""
+    blank = {"training_dataset": "", "strategy": UNKNOWN, "selected_rows": float("nan"), "training_rows": float("nan")}
+    scores = score_columns(board)
+    rows = [{"model": m, "model_sha": s, **blank, **trained.get((m, s), {})} for m, s in zip(board.model, board.model_sha)]
+    info = pd.DataFrame(rows, columns=TRAINING_COLUMNS)
+    return pd.concat([info, board[scores].reset_index(drop=True)], axis=1)
+
+
+def training_plot(table: pd.DataFrame, score: str | None) -> pd.DataFrame:
+    """One point per model@sha with both a ``score`` value and a training-row count: (model, strategy,
+    training_rows, value), for a scatter of score against training-set size coloured by strategy."""
+    columns = ["model", "strategy", "training_rows", "value"]
+    if table.empty or not score or score not in table.columns:
+        return pd.DataFrame({c: [] for c in columns})
+    points = table.assign(model=[f"{m}@{s[:7]}" for m, s in zip(table.model, table.model_sha)], value=table[score])
+    points = points.dropna(subset=["training_rows", "value"])
+    return points[columns].astype({"training_rows": float, "value": float}).reset_index(drop=True)

@@ -58,6 +58,11 @@ class HubSource:
         ref = RepoAt.parse(text)
         return _file(ref.repo_id, "model", _sha(ref.repo_id, "model", ref.revision), path)
 
+    def readme(self, repo_id: str, repo_type: str, sha: str) -> str:
+        """The card text (front matter and body) of a model or dataset at ``sha``; empty when it has none."""
+        readme = _file(repo_id, repo_type, sha, "README.md")
+        return Path(readme).read_text(encoding="utf-8") if readme else ""
+
     def lineage(self, repo_id: str, repo_type: str, revision: str | None) -> tuple[Lineage, str] | None:
         """The artifact's lineage and sha; None when it records none (not made by alignsmith)."""
         return _lineage(repo_id, repo_type, revision)

@@ -5,10 +5,10 @@ import socket
 
 import pytest
 
-from alignsmith.cards import CardContent
+from alignsmith.cards import CardContent, model_card
 from alignsmith.cli import main
 from alignsmith.lineage import ArtifactRef, Lineage
-from alignsmith.publish import publish_dataset
+from alignsmith.publish import publish_dataset, publish_folder
 from alignsmith.recipes import OutputRepo, build
 from alignsmith.results import ResultRow, append_results
 from spaces.config import SpaceConfig
@@ -31,12 +31,12 @@ def _png(colour: str) -> dict:
     return {"bytes": buffer.getvalue(), "path": None}
 
 
-def _publish(name: str, configs: dict, lineage: Lineage | None = None) -> str:
+def _publish(name: str, configs: dict, lineage: Lineage | None = None, statistics: dict | None = None) -> str:
     import datasets
 
     splits = {config: {"train": datasets.Dataset.from_list(rows, features=features)}
               for config, (rows, features) in configs.items()}
-    publish_dataset(OutputRepo(repo_id=f"{NS}/{name}", tag="v1"), splits, CardContent(title=name, summary="test data"),
+    publish_dataset(OutputRepo(repo_id=f"{NS}/{name}", tag="v1"), splits, CardContent(title=name, summary="test data", statistics=statistics or {}),
                     lineage or Lineage(command="test", recipe={}))
     return f"{NS}/{name}@v1"
 
@@ -61,7 +61,24 @@ def _deita(pool_sha: str) -> str:
                                          "complexity_scores": List(number), "quality_scores": List(number),
                                          "nearest_selected_similarity": Value("float32")})),
         "rejected": (rejected, Features({k: Value("int64" if k == "row_index" else "string") for k in rejected[0]})),
-    }, Lineage(command="build deita", recipe={}, inputs=[ArtifactRef("pool", f"{NS}/pool", "dataset", "v0", pool_sha)]))
+    }, Lineage(command="build deita", recipe={"selection": {"strategy": "deita", "budget": 2}},
+               inputs=[ArtifactRef("pool", f"{NS}/pool", "dataset", "v0", pool_sha)]), {"selected": 2})
+
+
+def _trained(tmp, deita: str) -> str:
+    """A model (a card, no weights) whose lineage says it trained on ``deita``, its card on how many rows."""
+    from huggingface_hub import HfApi
+
+    repo_id, tag = deita.split("@")
+    ref = ArtifactRef("train", repo_id, "dataset", tag, HfApi().repo_info(repo_id, repo_type="dataset", revision=tag).sha)
+    lineage = Lineage(command="train sft", recipe={}, inputs=[ref])
+    folder = tmp / "trained"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}", encoding="utf-8")
+    output = OutputRepo(repo_id=f"{NS}/trained", tag="v1")
+    card = model_card(output.repo_id, CardContent(title="trained", summary="test model",
+                                                  statistics={"training rows": 2}), lineage, base_model=None)
+    return publish_folder(output, folder, card, lineage).commit_sha
 
 
 def _pf() -> str:
@@ -99,7 +116,7 @@ def _answers(name: str, model: str, sha: str, judged: bool) -> str:
 
 @pytest.fixture(scope="package")
 def published(hub, tmp_path_factory):
-    """Two tiny chat models, their results, and Deita, PF, answers and judgments datasets, all on the Hub."""
+    """Two tiny chat models, a model card trained on the Deita set, their results, and Deita, PF, answers and judgments datasets, all on the Hub."""
     from huggingface_hub import HfApi
 
     tmp = tmp_path_factory.mktemp("space")
@@ -108,14 +125,17 @@ def published(hub, tmp_path_factory):
         assert main(["models", "tiny", "--out", str(tmp / name), "--seed", str(seed), "--publish", f"{NS}/{name}",
                      "--tag", "v1", "--hub", hub.url]) == 0
         shas[name] = HfApi().repo_info(f"{NS}/{name}", revision="v1").sha
+    deita = _deita("p" * 40)
+    shas["trained"] = _trained(tmp, deita)
     append_results(f"{NS}/results", [
         ResultRow(f"{NS}/tiny-a", shas["tiny-a"], "mt_bench", "score", 5.5, 80),
         ResultRow(f"{NS}/tiny-a", shas["tiny-a"], "tiny_mc", "acc", 0.5, 8),
         ResultRow(f"{NS}/tiny-b", shas["tiny-b"], "mt_bench", "score", 6.5, 80),
+        ResultRow(f"{NS}/trained", shas["trained"], "tiny_mc", "acc", 0.75, 8),  # trained on the Deita set
     ])
     config = build(SpaceConfig, {
         "title": "Space test", "results": f"{NS}/results", "models": [f"{NS}/tiny-a@v1", f"{NS}/tiny-b@v1"],
-        "deita": [_deita("p" * 40)], "pf": [_pf()],
+        "deita": [deita], "pf": [_pf()],
         "answers": [_answers("a", f"{NS}/tiny-a", shas["tiny-a"], False),
                     _answers("b", f"{NS}/tiny-b", shas["tiny-b"], False)],
         "judgments": [_answers("a", f"{NS}/tiny-a", shas["tiny-a"], True)], "max_new_tokens": 8,

@@ -18,18 +18,32 @@ def _rows(value: dict) -> list[dict]:
 def test_every_endpoint_is_named(client):
     named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/leaderboard", "/model", "/chat", "/side_by_side", "/saved_answers", "/deita", "/pf_sources",
-            "/pf_source", "/pf_rejected", "/mt_bench_categories"} <= named
+            "/pf_source", "/pf_rejected", "/mt_bench_categories", "/training_data"} <= named
 
 
 def test_leaderboard_and_its_filters(client, published):
     _, shas, _ = published
     table, plot = client.predict("", [], api_name="/leaderboard")
     rows = _rows(table)
-    assert [(r["model"], r["model_sha"]) for r in rows] == [(f"{NS}/tiny-a", shas["tiny-a"]), (f"{NS}/tiny-b", shas["tiny-b"])]
+    assert [(r["model"], r["model_sha"]) for r in rows] == [(f"{NS}/tiny-a", shas["tiny-a"]), (f"{NS}/tiny-b", shas["tiny-b"]),
+                                                            (f"{NS}/trained", shas["trained"])]
     assert rows[0]["mt_bench/score"] == 5.5 and rows[0]["tiny_mc/acc"] == 0.5
-    assert plot["columns"] == ["model", "score", "value", "bar"] and len(plot["data"]) == 3
+    assert plot["columns"] == ["model", "score", "value", "bar"] and len(plot["data"]) == 4
     table, _ = client.predict("tiny-b", ["mt_bench"], api_name="/leaderboard")
     assert table["headers"] == ["model", "model_sha", "mt_bench/score"] and len(table["data"]) == 1
+
+
+def test_training_data_follows_lineage_to_the_selection_and_plots_score_against_rows(client, published):
+    _, shas, _ = published
+    table, plot = client.predict("tiny_mc/acc", api_name="/training_data")
+    rows = {r["model"]: r for r in _rows(table)}
+    trained = rows[f"{NS}/trained"]
+    assert trained["training_dataset"].startswith(f"{NS}/deita@") and trained["strategy"] == "deita"
+    assert (trained["selected_rows"], trained["training_rows"], trained["tiny_mc/acc"]) == (2, 2, 0.75)
+    assert rows[f"{NS}/tiny-a"]["strategy"] == "unknown"  # made by `models tiny`: no training data
+    points = [dict(zip(plot["columns"], p)) for p in plot["data"]]
+    assert points == [{"model": f"{NS}/trained@{shas['trained'][:7]}", "strategy": "deita", "training_rows": 2,
+                       "value": 0.75}]
 
 
 def test_model_view(client, published):

@@ -136,3 +136,61 @@ def test_category_scores_average_readable_judgments_per_model_and_category():
     assert [(r.bar, r.score, r.n) for r in table.itertuples()] == [
         ("math | org/b@b1b1b1b", 3.0, 1), ("writing | org/a@a1a1a1a", 7.0, 2)]
     assert data.category_scores(judgments[judgments.score < 0]).empty
+
+
+CARD = """---
+license: mit
+---
+# A model
+
+## Statistics
+
+| | |
+|---|---|
+| training rows | 1,234 |
+| selected | 100 |
+
+## Lineage
+
+| not | statistics |
+"""
+
+
+def test_card_statistics_reads_the_statistics_table_only():
+    assert data.card_statistics(CARD) == {"training rows": "1,234", "selected": "100"}
+    assert data.card_statistics("# no statistics\n") == {}
+
+
+def _trained(strategy, rows, selected=100):
+    model = Lineage("train sft", {}, inputs=[ArtifactRef("train", f"org/{strategy}", "dataset", "v1", strategy[0] * 40)])
+    deita = Lineage("build deita", {"selection": {"strategy": strategy, "budget": selected}})
+    return data.trained_on(model, {"training rows": str(rows)},
+                           {f"org/{strategy}@{strategy[0] * 40}": (deita, strategy[0] * 40, {"selected": str(selected)})})
+
+
+def test_trained_on_follows_the_lineage_to_the_dataset_strategy_and_rows():
+    assert _trained("deita", 90) == {"training_dataset": f"org/deita@{'d' * 12}", "strategy": "deita",
+                                     "selected_rows": 100.0, "training_rows": 90.0}
+    other = Lineage("train sft", {}, inputs=[ArtifactRef("train", "org/prefs", "dataset", "v1", "p" * 40),
+                                             ArtifactRef("base", "org/base", "model", None, "b" * 40)])
+    made = Lineage("build preferences", {})
+    got = data.trained_on(other, {}, {f"org/prefs@{'p' * 40}": (made, "p" * 40, {})})
+    assert got["strategy"] == "(build preferences)" and math.isnan(got["training_rows"])
+    assert got["training_dataset"] == f"org/prefs@{'p' * 12}" and math.isnan(got["selected_rows"])
+    nothing = data.trained_on(None, {}, {})  # not made by alignsmith: no lineage
+    assert nothing["strategy"] == "unknown" and nothing["training_dataset"] == ""
+
+
+def test_training_table_and_plot_put_scores_against_training_rows_by_strategy():
+    board = data.leaderboard(pd.DataFrame([_row("org/a", "a1", "tiny_mc", "acc", 0.5),
+                                           _row("org/b", "b1", "tiny_mc", "acc", 0.25),
+                                           _row("org/c", "c1", "mt_bench", "score", 6.0)]))
+    table = data.training_table(board, {("org/a", "a1"): _trained("deita", 90),
+                                        ("org/b", "b1"): _trained("random", 180, 200)})
+    assert list(table.columns) == [*data.TRAINING_COLUMNS, "mt_bench/score", "tiny_mc/acc"]
+    assert list(table.strategy) == ["deita", "random", "unknown"]  # org/c: nothing known of its training
+    points = data.training_plot(table, "tiny_mc/acc")
+    assert points.values.tolist() == [["org/a@a1", "deita", 90.0, 0.5], ["org/b@b1", "random", 180.0, 0.25]]
+    assert data.training_plot(table, "mt_bench/score").empty  # org/c has a score but no training rows
+    assert data.training_plot(table, None).empty and data.training_plot(table, "nope").empty
+    assert list(data.training_table(board.iloc[:0], {}).columns)[:len(data.TRAINING_COLUMNS)] == data.TRAINING_COLUMNS

@@ -15,7 +15,7 @@ not name (top-k, repetition penalty...) follow the model's ``generation_config``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -160,53 +160,68 @@ class HFChatModel(PinnedModel):
         generated = out.sequences[:, input_ids.shape[1]:].tolist()
         first_logits = out.logits[0] if decoding.top_logprobs > 0 else None
         return [
-            self._completion(prompt, tokens, None if first_logits is None else first_logits[row], decoding.top_logprobs)
+            reply_of(self.tokenizer, self.stop_ids, len(prompt), tokens,
+                     None if first_logits is None else first_logits[row], decoding.top_logprobs)
             for row, (prompt, tokens) in enumerate(zip(prompts, generated))
         ]
 
-    def _completion(self, prompt: list[int], tokens: list[int], logits: torch.Tensor | None, top: int) -> Completion:
-        """One row's reply, cut at its first stop token (counted in ``completion_tokens``, left out of the text)."""
-        stop = next((i for i, token in enumerate(tokens) if token in self.stop_ids), None)
-        reply = tokens if stop is None else tokens[:stop]
-        return Completion(
-            text=self.tokenizer.decode(reply, skip_special_tokens=True),
-            finish_reason="length" if stop is None else "stop",
-            prompt_tokens=len(prompt),
-            completion_tokens=len(tokens) if stop is None else stop + 1,
-            first_token_logprobs=None if logits is None else self._top_logprobs(logits, top),
-        )
 
-    def _top_logprobs(self, logits: torch.Tensor, top: int) -> dict[str, float]:
-        """The model's own log-probabilities (before temperature and top-p, as vLLM reports them) of the
-        ``top`` likeliest first tokens, by token text; of two tokens with one text, the likelier is kept."""
-        import torch
-
-        values, ids = torch.log_softmax(logits.float(), dim=-1).topk(min(top, logits.shape[-1]))
-        found: dict[str, float] = {}
-        for token, value in zip(ids.tolist(), values.tolist()):
-            found.setdefault(self.tokenizer.decode([token]), value)
-        return found
+def reply_of(
+    tokenizer: PreTrainedTokenizerBase, stop_ids: Sequence[int], prompt_tokens: int, tokens: list[int],
+    logits: torch.Tensor | None, top: int,
+) -> Completion:
+    """One row's reply, cut at its first stop token (counted in ``completion_tokens``, left out of the text)."""
+    stop = next((i for i, token in enumerate(tokens) if token in stop_ids), None)
+    reply = tokens if stop is None else tokens[:stop]
+    return Completion(
+        text=tokenizer.decode(reply, skip_special_tokens=True),
+        finish_reason="length" if stop is None else "stop",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=len(tokens) if stop is None else stop + 1,
+        first_token_logprobs=None if logits is None else top_logprobs(tokenizer, logits, top),
+    )
 
 
-def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Where a reply ends: the generation config's and tokenizer's EOS and the template's end-of-turn token."""
+def top_logprobs(tokenizer: PreTrainedTokenizerBase, logits: torch.Tensor, top: int) -> dict[str, float]:
+    """The model's own log-probabilities (before temperature and top-p, as vLLM reports them) of the
+    ``top`` likeliest first tokens, by token text; of two tokens with one text, the likelier is kept."""
+    import torch
+
+    values, ids = torch.log_softmax(logits.float(), dim=-1).topk(min(top, logits.shape[-1]))
+    found: dict[str, float] = {}
+    for token, value in zip(ids.tolist(), values.tolist()):
+        found.setdefault(tokenizer.decode([token]), value)
+    return found
+
+
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, templates: Any = None,
+                   content: Callable[[str], Any] = str) -> list[int]:
+    """Where a reply ends: the generation config's and tokenizer's EOS and the template's end-of-turn token
+    (see :func:`end_of_turn_id` for ``templates`` and ``content``)."""
     configured = model.generation_config.eos_token_id
     ids = [configured] if isinstance(configured, int) else list(configured or [])
-    ids += [t for t in (tokenizer.eos_token_id, end_of_turn_id(tokenizer)) if t is not None]
+    ids += [t for t in (tokenizer.eos_token_id, end_of_turn_id(tokenizer, templates, content)) if t is not None]
     return list(dict.fromkeys(ids))
 
 
-def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+def end_of_turn_id(tokenizer: PreTrainedTokenizerBase, templates: Any = None,
+                   content: Callable[[str], Any] = str) -> int | None:
     """The special token the chat template writes right after an assistant reply (``<|im_end|>``,
-    ``<|eot_id|>``, ``<end_of_turn>``...), found by rendering one; None if it writes none."""
+    ``<|eot_id|>``, ``<end_of_turn>``...), found by rendering one; None if it writes none.
+
+    ``templates`` renders the chat template when it is not the tokenizer (a vision model's processor),
+    with each message's content given as ``content(text)`` (its structured parts, for a processor).
+    """
     from jinja2 import TemplateError
 
-    if not tokenizer.chat_template:
+    templates = templates or tokenizer
+    if not getattr(templates, "chat_template", None):
         return None
     marker = "ALIGNSMITH_REPLY_END"
     try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
+        text = templates.apply_chat_template(
+            [{"role": "user", "content": content("hi")}, {"role": "assistant", "content": content(marker)}],
+            tokenize=False,
         )
     except TemplateError:
         return None

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from alignsmith.lineage import ArtifactRef, load_revision
+from alignsmith.models.batching import length_sorted_batches
 from alignsmith.models.loading import (
     ModelLoadError,
     PinnedModel,
@@ -100,14 +101,10 @@ def paragraph_pieces(paragraph: str, max_pieces: int = 10, empty_pieces: EmptyPi
 
 
 def _batches(n: int, batch_size: int) -> list[range]:
+    """Consecutive batches, for inputs of one size (images through a fixed-size processor)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     return [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-
-
-def _length_order(texts: Sequence[str]) -> np.ndarray:
-    """Indices longest first, so a batch pads little (and memory errors show early)."""
-    return np.argsort(-np.asarray([len(t) for t in texts], dtype=np.int64), kind="stable")
 
 
 def _max_length(config: Any, tokenizer: Any) -> int | None:
@@ -150,9 +147,7 @@ class _SequenceClassifier(PinnedModel):
         if len(first) != len(second):
             raise ValueError(f"{len(first)} first texts but {len(second)} second texts")
         out = np.empty((len(first), self.model.config.num_labels), dtype=np.float32)
-        order = _length_order([a + b for a, b in zip(first, second)])
-        for batch in _batches(len(order), self.batch_size):
-            rows = order[batch.start : batch.stop]
+        for rows in length_sorted_batches([len(a) + len(b) for a, b in zip(first, second)], self.batch_size):
             encoded = self.tokenizer(
                 [first[i] for i in rows], [second[i] for i in rows], padding=True,
                 truncation="longest_first" if self.max_length else False, max_length=self.max_length,
@@ -271,10 +266,9 @@ class ClipScorer(PinnedModel):
     @torch.inference_mode()
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalised text embeddings [n, d] (float32, CPU; n >= 1), each text truncated to the context."""
-        order = _length_order(texts)
+        batches = length_sorted_batches([len(t) for t in texts], self.batch_size)
         parts = []
-        for batch in _batches(len(order), self.batch_size):
-            rows = order[batch.start : batch.stop]
+        for rows in batches:
             encoded = self.processor.tokenizer(
                 [texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_length,
                 return_tensors="pt",
@@ -282,7 +276,7 @@ class ClipScorer(PinnedModel):
             features = self.model.get_text_features(**encoded).pooler_output.float()
             parts.append(torch.nn.functional.normalize(features, dim=-1).cpu())
         out = torch.empty_like(torch.cat(parts))
-        out[torch.as_tensor(order)] = torch.cat(parts)
+        out[torch.as_tensor(np.concatenate(batches))] = torch.cat(parts)
         return out
 
     @torch.inference_mode()

@@ -285,6 +285,16 @@ def build_sentence_transformer(
     return out
 
 
+def _square_image_processor(image_size: int, patch_size: int) -> CLIPImageProcessorPil:
+    """CLIP's PIL image processor (no torchvision here) for ``image_size`` squares cut in whole patches: images
+    are resized (shortest edge) and centre-cropped."""
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+
+
 def build_vision_language_model(
     out_dir: str | Path,
     *,
@@ -304,8 +314,7 @@ def build_vision_language_model(
     models' because every image takes that many tokens. Its image processor is the PIL one, as
     there is no torchvision here.
     """
-    if image_size % patch_size:
-        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    image_processor = _square_image_processor(image_size, patch_size)
     tok = build_tokenizer(seed=seed, model_max_length=max_position_embeddings, chat_template=VISION_CHAT_TEMPLATE)
     tok.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
     image_tokens = (image_size // patch_size) ** 2
@@ -336,9 +345,6 @@ def build_vision_language_model(
     )
     model = _seeded_init(seed, lambda: AutoModelForImageTextToText.from_config(config))
     model.generation_config = _greedy_generation_config(tok)
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    )
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tok,
@@ -442,8 +448,7 @@ def build_clip_model(
     """
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
-    if image_size % patch_size:
-        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    image_processor = _square_image_processor(image_size, patch_size)
     tok = build_tokenizer(seed=seed, model_max_length=max_position_embeddings, chat_template=None)
     # ids past the shared special tokens: CLIP treats an EOS id of 2 as "pool at the largest id" (legacy)
     tok.add_special_tokens({"bos_token": CLIP_BOS, "eos_token": CLIP_EOS})
@@ -468,9 +473,6 @@ def build_clip_model(
         **_RANDOM_WEIGHTS,
     )
     model = _seeded_init(seed, lambda: CLIPModel(config))
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    )
     processor = CLIPProcessor(image_processor=image_processor, tokenizer=tok)
     out = Path(out_dir)
     model.save_pretrained(out)

@@ -26,12 +26,11 @@ from alignsmith.errors import AlignsmithError
 from alignsmith.lineage import ArtifactRef, load_revision
 from alignsmith.models.batching import context_length, length_sorted_batches, pad_id
 from alignsmith.models.generation import Completion, DecodingSettings, Message, per_row
-from alignsmith.models.hf_chat import ContextLengthError, batch_seed, generate_options
+from alignsmith.models.hf_chat import ContextLengthError, batch_seed, generate_options, reply_of, stop_token_ids
 from alignsmith.models.loading import ModelLoadError, PinnedModel, pinned, resolve_device, resolve_dtype
 from alignsmith.records import IMAGE_PLACEHOLDER
 
 if TYPE_CHECKING:
-    import torch
     from PIL import Image
 
 ROLE = "chat_model"
@@ -77,7 +76,7 @@ class HFVisionChatModel(PinnedModel):
         self.image_token = getattr(self.processor, "image_token", None) or IMAGE_PLACEHOLDER
         self.pad = pad_id(self.tokenizer)
         self.context = context_length(self.model, self.tokenizer)
-        self.stop_ids = self._stop_ids()
+        self.stop_ids = stop_token_ids(self.model, self.tokenizer, self.processor, content_parts)
 
     def identity(self) -> dict[str, str]:
         """The pinned model, by Hub id or local folder name (as :class:`HFChatModel` reports it)."""
@@ -193,56 +192,9 @@ class HFVisionChatModel(PinnedModel):
             )
         generated = out.sequences[:, width:].tolist()
         first_logits = out.logits[0] if decoding.top_logprobs > 0 else None
-        return [self._completion(int(n), tokens, None if first_logits is None else first_logits[row],
-                                 decoding.top_logprobs)
+        return [reply_of(self.tokenizer, self.stop_ids, int(n), tokens,
+                         None if first_logits is None else first_logits[row], decoding.top_logprobs)
                 for row, (n, tokens) in enumerate(zip(lengths, generated))]
-
-    def _completion(self, prompt_tokens: int, tokens: list[int], logits: torch.Tensor | None, top: int) -> Completion:
-        """One row's reply, cut at its first stop token (counted in ``completion_tokens``, left out of the text)."""
-        stop = next((i for i, token in enumerate(tokens) if token in self.stop_ids), None)
-        reply = tokens if stop is None else tokens[:stop]
-        return Completion(
-            text=self.tokenizer.decode(reply, skip_special_tokens=True),
-            finish_reason="length" if stop is None else "stop",
-            prompt_tokens=prompt_tokens,
-            completion_tokens=len(tokens) if stop is None else stop + 1,
-            first_token_logprobs=None if logits is None else self._top_logprobs(logits, top),
-        )
-
-    def _top_logprobs(self, logits: torch.Tensor, top: int) -> dict[str, float]:
-        """The ``top`` likeliest first tokens' log-probabilities by token text (as HFChatModel reports them)."""
-        import torch
-
-        values, ids = torch.log_softmax(logits.float(), dim=-1).topk(min(top, logits.shape[-1]))
-        found: dict[str, float] = {}
-        for token, value in zip(ids.tolist(), values.tolist()):
-            found.setdefault(self.tokenizer.decode([token]), value)
-        return found
-
-    def _stop_ids(self) -> list[int]:
-        """Where a reply ends: the generation config's and tokenizer's EOS and the template's end-of-turn token."""
-        configured = self.model.generation_config.eos_token_id
-        ids = [configured] if isinstance(configured, int) else list(configured or [])
-        ids += [t for t in (self.tokenizer.eos_token_id, self._end_of_turn_id()) if t is not None]
-        return list(dict.fromkeys(ids))
-
-    def _end_of_turn_id(self) -> int | None:
-        """The special token the processor's template writes right after an assistant reply, found by rendering one."""
-        from jinja2 import TemplateError
-
-        if not getattr(self.processor, "chat_template", None):
-            return None
-        marker = "ALIGNSMITH_REPLY_END"
-        try:
-            text = self.processor.apply_chat_template(
-                [{"role": "user", "content": content_parts("hi")}, {"role": "assistant", "content": content_parts(marker)}],
-                tokenize=False,
-            )
-        except TemplateError:
-            return None
-        after = self.tokenizer.encode(text.rpartition(marker)[2], add_special_tokens=False)
-        special = set(self.tokenizer.all_special_ids) | set(self.tokenizer.added_tokens_decoder)
-        return after[0] if after and after[0] in special else None
 
 
 def content_parts(content: Any) -> list[dict[str, str]]:

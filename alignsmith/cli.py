@@ -133,26 +133,29 @@ def run_recipe_command(cmd: Command, argv: Sequence[str]) -> Any:
     return run_loaded_recipe(cmd, load_command_recipe(cmd, known.config, overrides))
 
 
-def _find(argv: list[str]) -> tuple[str, str, Command] | int:
-    """The command ``argv`` names (old spellings with a warning), or the exit code after help or an error."""
+def _find(argv: list[str]) -> tuple[str, str, Command, list[str]] | int:
+    """The command ``argv`` names and its arguments (old spellings with a warning), or the exit code after help
+    or an error. A group whose one command has the group's name is that command: ``alignsmith reproduce REPO``."""
     groups = command_groups()
     name, rest = argv[0], argv[1:]
     if rest and rest[0] not in ("-h", "--help") and (name, rest[0]) in _deprecated_spellings():
         new_group, new_name = _deprecated_spellings()[name, rest[0]]
         print(f"alignsmith: '{name} {rest[0]}' is deprecated and will be removed in the next release; "
               f"use 'alignsmith {new_group} {new_name}'", file=sys.stderr)
-        return new_group, new_name, groups[new_group].commands[new_name]
+        return new_group, new_name, groups[new_group].commands[new_name], rest[1:]
     if name not in groups:
         print(f"alignsmith: unknown group {name!r}; groups: {', '.join(groups)}", file=sys.stderr)
         return 2
     group = groups[name]
+    if list(group.commands) == [name]:
+        return name, name, group.commands[name], rest
     if not rest or rest[0] in ("-h", "--help"):
         print("usage: alignsmith " + name + " <command> ...\n\n" + "\n".join(_group_lines(group)))
         return 0
     if rest[0] not in group.commands:
         print(f"alignsmith: unknown command {name} {rest[0]!r}; commands: {', '.join(group.commands)}", file=sys.stderr)
         return 2
-    return name, rest[0], group.commands[rest[0]]
+    return name, rest[0], group.commands[rest[0]], rest[1:]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,8 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     found = _find(argv)
     if isinstance(found, int):
         return found
-    group, name, cmd = found
-    rest = argv[2:]
+    group, name, cmd, rest = found
     if cmd.recipe and ("-h" in rest or "--help" in rest):
         _print_recipe_help(group, name, cmd)
         return 0
@@ -183,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AlignsmithError as err:  # anything else is a bug: its traceback is the report
         if verbose:
             raise
-        print(f"alignsmith {group} {name}: error: {err}\n(run with --verbose for the traceback)", file=sys.stderr)
+        label = group if name == group else f"{group} {name}"
+        print(f"alignsmith {label}: error: {err}\n(run with --verbose for the traceback)", file=sys.stderr)
         return 1
 
 

@@ -1,5 +1,5 @@
-"""The core's command groups: the embedded Hub, tiny models, lineage and chains (``alignsmith/hub``,
-``alignsmith/models``, ``alignsmith/lineage.py``, ``alignsmith/chain.py``)."""
+"""The core's command groups: the embedded Hub, tiny models, lineage, chains and reproduction (``alignsmith/hub``,
+``alignsmith/models``, ``alignsmith/lineage.py``, ``alignsmith/chain.py``, ``alignsmith/reproduce.py``)."""
 
 from alignsmith.cli import Command, CommandGroup
 
@@ -22,4 +22,10 @@ CHAIN = CommandGroup("chain", "several commands in order from one recipe (the ma
     "run": Command("Run a chain of commands, each with its recipe; skip steps already published by the same "
                    "recipe.", "alignsmith.chain:run", recipe="alignsmith.chain:ChainRecipe",
                    example="recipes/chain/demo.yaml"),
+})
+
+REPRODUCE = CommandGroup("reproduce", "re-run what made a published artifact, from its card, and compare",
+                         "alignsmith/reproduce.py", {
+    "reproduce": Command("REPO [--revision TAG] [--repo-type dataset|model]: re-run the recorded command with its "
+                         "recipe and pinned inputs; compare rows, weights and metrics.", "alignsmith.reproduce:cli"),
 })

@@ -1,8 +1,9 @@
 """Lineage: what every published artifact records about how it was made, and how to read it back.
 
 Lineage lives in the card metadata under the ``alignsmith`` key (inputs and models pinned to commit
-shas, the full resolved recipe, the alignsmith version), so it travels with the artifact and any
-Hub client can read it without alignsmith.
+shas, the full resolved recipe, the alignsmith version, and the library versions, device and CPU threads
+a rerun needs to give the same bits), so it travels with the artifact and any Hub client can read it
+without alignsmith.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import hashlib
+import importlib.metadata
 import json
+import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -21,6 +24,7 @@ from alignsmith.frontmatter import card_metadata
 
 RepoType = Literal["model", "dataset", "space", "local"]
 LINEAGE_KEY = "alignsmith"
+FRAMEWORKS = ("torch", "transformers", "trl", "datasets")  # what decides whether a rerun gives the same bits
 
 
 class ArtifactNotFoundError(AlignsmithError):
@@ -58,6 +62,7 @@ class Lineage:
     models: list[ArtifactRef] = field(default_factory=list)
     alignsmith_version: str = __version__
     created_at: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    environment: dict[str, str] = field(default_factory=lambda: environment())  # empty in cards made before it
 
     def to_metadata(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,11 +77,37 @@ class Lineage:
         data = dict(data)
         data["inputs"] = [ArtifactRef(**ref) for ref in data.get("inputs", [])]
         data["models"] = [ArtifactRef(**ref) for ref in data.get("models", [])]
+        data.setdefault("environment", {})  # an older card: unknown, not this machine's
         return cls(**data)
 
     def source_datasets(self) -> list[str]:
         """Hub dataset ids for the card's ``source_datasets`` field (the Hub links ids; the shas are in the lineage)."""
         return list(dict.fromkeys(r.repo_id for r in self.inputs if r.repo_type == "dataset"))
+
+
+def environment() -> dict[str, str]:
+    """The library versions, device and CPU threads of this run: with others a rerun may give other floats.
+
+    The device is the accelerator torch sees; the thread count matters on CPU, where it changes the order
+    of float reductions. A process that never imported torch computed nothing with it.
+    """
+    versions = {}
+    for package in FRAMEWORKS:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    torch = sys.modules.get("torch")
+    threads = str(torch.get_num_threads()) if torch is not None else "torch not loaded"
+    return versions | {"device": _device(torch), "cpu_threads": threads}
+
+
+def _device(torch: Any) -> str:
+    if torch is not None and torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    if torch is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
 
 
 def portable_paths(value: Any) -> Any:

@@ -172,6 +172,8 @@ def build(cls: type[T], data: Any, where: str = "recipe") -> T:
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = unknown[0]
+        if key in getattr(cls, "removed_keys", {}):  # a key of an earlier release: say what replaced it
+            raise RecipeError(f"{_key(where, key)}: removed; {cls.removed_keys[key]}")
         close = difflib.get_close_matches(str(key), list(fields), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise RecipeError(

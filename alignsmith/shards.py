@@ -5,9 +5,9 @@ file, written to a temporary name and renamed into place, so a job killed at any
 whole shards behind. A manifest pins the job's fingerprint (inputs and settings): a work folder
 from a different job is refused instead of being silently mixed in.
 
-Shards are spread over machines (``num_machines``/``machine_index``, e.g. a Slurm array) and over
-processes on a machine (``accelerate launch``) round-robin; a merge step checks that every shard is
-present and was produced under the same fingerprint.
+Shards are spread round-robin over tasks (``num_tasks``/``task_index``: the tasks of a datatrove
+executor, see :mod:`alignsmith.executors`) and over processes (``accelerate launch``); the global
+step checks that every shard is present and was produced under the same fingerprint.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -41,16 +41,16 @@ class ShardPlan:
 
     num_rows: int
     shard_size: int
-    num_machines: int = 1
-    machine_index: int = 0
+    num_tasks: int = 1
+    task_index: int = 0
     num_processes: int = 1
     process_index: int = 0
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
-        if not 0 <= self.machine_index < self.num_machines:
-            raise ValueError(f"shard index {self.machine_index} is outside 0..{self.num_machines - 1}")
+        if not 0 <= self.task_index < self.num_tasks:
+            raise ValueError(f"task index {self.task_index} is outside 0..{self.num_tasks - 1}")
 
     @property
     def num_shards(self) -> int:
@@ -60,9 +60,9 @@ class ShardPlan:
         return range(shard * self.shard_size, min(self.num_rows, (shard + 1) * self.shard_size))
 
     def mine(self) -> list[int]:
-        """Shards for this machine, then for this process on it (round-robin at both levels)."""
-        machine = list(range(self.machine_index, self.num_shards, self.num_machines))
-        return machine[self.process_index :: self.num_processes]
+        """Shards for this task, then for this process of it (round-robin at both levels)."""
+        task = list(range(self.task_index, self.num_shards, self.num_tasks))
+        return task[self.process_index :: self.num_processes]
 
 
 class ShardStore:
@@ -112,7 +112,13 @@ class ShardStore:
         if missing:
             raise ShardMismatchError(
                 f"{self.dir}: {len(missing)} of {self.num_shards} shards are missing "
-                f"(first: {missing[:5]}); run the remaining shard indexes before merging"
+                f"(first: {missing[:5]}); run the build again to compute them"
             )
         for shard in range(self.num_shards):
             yield self.read(shard)
+
+
+def all_done(stores: Iterable[ShardStore], shards: Iterable[int]) -> bool:
+    """Whether each of ``shards`` is on disk in every store (e.g. the shards one task owns)."""
+    shards = list(shards)
+    return all(store.done(shard) for store in stores for shard in shards)

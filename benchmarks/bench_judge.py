@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from alignsmith.models.tiny import build_causal_lm
     from evaluation.answers import mt_bench, turn_messages
     from evaluation.judge_cache import JudgeCache, JudgeIdentity
-    from evaluation.judging import AnswerRow, ask_judge, mtbench_requests
+    from evaluation.judging import AnswerRow, ask_judge, mtbench_requests, verdicts
 
     torch.set_num_threads(args.threads)
     def fake(question_id: str, turn: int) -> str:
@@ -60,11 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         judge = HFChatModel(str(folder), dtype="float32", device="cpu", batch_size=args.batch_size)
         judge.generate([requests[0].messages], greedy)  # warm-up
         identity = JudgeIdentity(repo_id=folder.name, revision=content_sha256(folder))  # a local folder's pin
+        verdict, decoding = verdicts(judge, "generate", greedy)
         results = {}
         for name in ("cold (judge asked)", "cached"):
             with JudgeCache(Path(tmp) / "judge_cache.sqlite") as cache:
                 start = time.perf_counter()
-                calls = ask_judge(judge, identity, cache, requests, greedy, args.batch_size)
+                calls = ask_judge(verdict, identity, cache, requests, decoding, args.batch_size)
                 seconds = time.perf_counter() - start
             results[name] = (calls.texts, seconds)
             print(f"{name:<19} {len(requests)} judgments ({calls.asked} asked, {calls.cached} cached) in "

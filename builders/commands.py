@@ -12,18 +12,12 @@ GROUP = CommandGroup("build", "dataset builders: convert, Deita selection, prefe
         deprecated=("data convert",),
     ),
     "deita": Command(
-        "Deita: score, embed and select a pool (resumable, sharded), then publish the dataset.",
+        "Deita: score, embed and select a pool (resumable, sharded; local, Slurm or Ray tasks), then publish the "
+        "dataset.",
         "builders.deita.build:run",
         recipe="builders.deita.recipe:DeitaRecipe",
         example="recipes/build/deita/demo.yaml",
         deprecated=("deita build",),
-    ),
-    "deita-merge": Command(
-        "After a multi-machine Deita build: check every shard is present, then select and publish.",
-        "builders.deita.build:merge",
-        recipe="builders.deita.recipe:DeitaRecipe",
-        example="recipes/build/deita/released_scorers.yaml",
-        deprecated=("deita merge",),
     ),
     "pf-pairs": Command(
         "Polite Flamingo: (distorted, original) response pairs from a conversation dataset (resumable, sharded).",

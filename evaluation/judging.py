@@ -9,6 +9,11 @@ Two modes, each reproducing its upstream tool through the library parts of this 
   dataset matched by question_id and turn, outputs in AlpacaEval's seeded order, parsed and un-swapped
   (:mod:`evaluation.pairwise`), with the evaluator's own decoding settings.
 
+``rating: logprobs`` (mtbench_single, in-process judges) is this stage's own, not FastChat's: the judge
+writes no explanation; its verdict is the probability-weighted mean of ratings 1-10 read from one forward
+pass (:meth:`~alignsmith.models.hf_chat.HFChatModel.continuation_logprobs`). Every judgment is readable
+and cheap, which suits small or barely trained judges; the scores do not compare with published MT-Bench.
+
 Every judge call goes through :class:`~evaluation.judge_cache.JudgeCache`, so a rerun (or a crashed run
 resumed) asks the judge nothing twice and publishes the same judgments. A judgment whose rating cannot
 be read is kept with its raw text and counted (score -1, preference NaN), never scored.
@@ -23,7 +28,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 import yaml
 
@@ -34,7 +39,8 @@ from alignsmith.sources import DatasetSource
 from evaluation.answers import ModelLoader, load_chat, pin_chat_model
 from evaluation.inputs import EvalInputError, require
 from evaluation.judge_cache import JudgeCache, JudgeIdentity
-from evaluation.mtbench import FAILED, JUDGE_TEMPERATURE, Judgment, aggregate, parse_rating, render_judge_messages
+from evaluation.mtbench import (FAILED, JUDGE_TEMPERATURE, RATING_CANDIDATES, VERDICT_PREFIX, Judgment, aggregate,
+                                expected_rating, parse_rating, render_judge_messages)
 from evaluation.pairwise import ALPACA_DIR, DRAW, parse_ranking, preference, render_pairwise
 
 if TYPE_CHECKING:
@@ -53,6 +59,22 @@ class JudgeInputError(EvalInputError):
     """An answers dataset that cannot be judged as it is (a missing field, a turn without its first turn...)."""
 
 
+Rating = Literal["generate", "logprobs"]
+RATING_HELP = ("mtbench_single: 'generate' is FastChat's protocol (the judge explains, then writes [[x]], parsed); "
+               "'logprobs' reads the verdict from the judge's probabilities of 'Rating: [[1]]'..'[[10]]' (their "
+               "probability-weighted mean; no explanation, never unreadable, in-process judges only; not comparable "
+               "with published MT-Bench scores).")
+
+
+def check_rating(rating: Rating, mode: str, judge: ChatModelSpec) -> None:
+    """``rating: logprobs`` needs the single-answer mode and a judge whose probabilities this process can read."""
+    if rating == "logprobs" and mode != "mtbench_single":
+        raise RecipeError(f"rating: 'logprobs' grades mtbench_single only, not {mode!r}")
+    if rating == "logprobs" and judge.endpoint is not None:
+        raise RecipeError("rating: 'logprobs' reads the judge's probabilities in this process; an endpoint judge "
+                          "uses 'generate'")
+
+
 @dataclass(kw_only=True)
 class JudgeRecipe(HubRecipe):
     answers: DatasetSource = help_text("The answers to judge: a dataset published by `alignsmith eval answers`.")
@@ -62,6 +84,7 @@ class JudgeRecipe(HubRecipe):
         "against `baseline`.", default="mtbench_single")
     baseline: DatasetSource | None = help_text(
         "alpaca_pairwise only: the baseline's answers dataset, matched by question_id and turn.", default=None)
+    rating: Rating = help_text(RATING_HELP, default="generate")
     cache: str | None = help_text("SQLite judge cache (default: <work_dir>/judge_cache.sqlite).", default=None)
     work_dir: str = help_text("Where the judge cache lives by default.", default="runs/eval/judge")
     output: OutputRepo = help_text("Dataset repo (and tag) to publish the judgments to.")
@@ -75,6 +98,7 @@ class JudgeRecipe(HubRecipe):
         super().__post_init__()
         if (self.mode == "alpaca_pairwise") != (self.baseline is not None):
             raise RecipeError("baseline: required by mode 'alpaca_pairwise' and used by no other mode")
+        check_rating(self.rating, self.mode, self.judge)
 
     @property
     def cache_path(self) -> Path:
@@ -205,10 +229,23 @@ class JudgeCalls:
     cached: int  # requests served from the cache
 
 
-def ask_judge(judge: ChatModel, identity: JudgeIdentity, cache: JudgeCache, requests: Sequence[Request],
-              settings: DecodingSettings, batch_size: int) -> JudgeCalls:
+Verdicts = Callable[[list[list[dict[str, str]]]], list[str]]  # a batch of judge prompts -> their judgment texts
+
+
+def verdicts(judge: ChatModel, rating: Rating, settings: DecodingSettings) -> tuple[Verdicts, dict[str, Any]]:
+    """How the judge gives its judgments, and the key that tells them apart in the cache."""
+    if rating == "generate":
+        return (lambda batch: [c.text for c in judge.generate(batch, settings)]), settings.to_dict()
+    scorer = getattr(judge, "continuation_logprobs", None)
+    if scorer is None:
+        raise JudgeInputError(f"judge {judge.identity()}: cannot score continuations; use rating 'generate'")
+    key = {"rating": rating, "prefix": VERDICT_PREFIX, "candidates": list(RATING_CANDIDATES)}
+    return (lambda batch: [expected_rating(lp) for lp in scorer(batch, VERDICT_PREFIX, RATING_CANDIDATES)]), key
+
+
+def ask_judge(judge: Verdicts, identity: JudgeIdentity, cache: JudgeCache, requests: Sequence[Request],
+              decoding: dict[str, Any], batch_size: int) -> JudgeCalls:
     """Each request's judgment from the cache, else from the judge (in batches, each stored as it returns)."""
-    decoding = settings.to_dict()
     texts: list[str | None] = [cache.get(identity, r.messages, decoding) if r.ask_judge else None for r in requests]
     pending: dict[str, list[int]] = {}  # a prompt asked twice (two identical rows) is asked once
     for i, r in enumerate(requests):
@@ -218,9 +255,9 @@ def ask_judge(judge: ChatModel, identity: JudgeIdentity, cache: JudgeCache, requ
     groups = list(pending.values())
     for start in range(0, len(groups), batch_size):
         batch = groups[start : start + batch_size]
-        completions = judge.generate([requests[g[0]].messages for g in batch], settings)
-        for group, completion in zip(batch, completions, strict=True):
-            stored = cache.put(identity, requests[group[0]].messages, decoding, completion.text)
+        judged = judge([requests[g[0]].messages for g in batch])
+        for group, text in zip(batch, judged, strict=True):
+            stored = cache.put(identity, requests[group[0]].messages, decoding, text)
             for i in group:
                 texts[i] = stored
     return JudgeCalls(texts, len(groups), cached)
@@ -251,8 +288,9 @@ def run(recipe: JudgeRecipe, load_model: ModelLoader = load_chat) -> Judged:
     spec, judge_ref = pin_chat_model(recipe.judge, "judge")
     judge = load_model(spec)
     identity = judge_identity(judge.identity())
+    verdict, decoding = verdicts(judge, recipe.rating, settings)
     with JudgeCache(recipe.cache_path) as cache:
-        calls = ask_judge(judge, identity, cache, requests, settings, spec.batch_size)
+        calls = ask_judge(verdict, identity, cache, requests, decoding, spec.batch_size)
     log.info("%d judgment(s): %d asked now, %d from the cache %s", len(requests), calls.asked, calls.cached,
              recipe.cache_path)
     name, sha = identity.repo_id or identity.model, identity.revision

@@ -9,6 +9,9 @@ Three parts, each matching FastChat (``fastchat/llm_judge/common.py`` and ``show
 * aggregation: rows with score -1 are dropped, then the model score is the mean over all remaining
   turn-level rows (not the mean of the two turn means), with per-turn and per-category means.
 
+:func:`expected_rating` is not FastChat's: it reads a verdict from the judge's probabilities of
+``Rating: [[1]]`` .. ``[[10]]`` instead of its generated text (see ``rating: logprobs`` in ``eval judge``).
+
 The prompts and questions are FastChat's, bundled under ``evaluation/data/fastchat`` (Apache-2.0).
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -38,6 +42,12 @@ FAILED = -1  # FastChat's score for a judgment with no parsable rating
 # FastChat's patterns, verbatim: a number in double brackets, else in single brackets (so "[0]" in code counts).
 ONE_SCORE_PATTERN = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 ONE_SCORE_PATTERN_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
+
+# The verdict format every single-answer judge prompt asks for ('for example: "Rating: [[5]]"'), split
+# where the rating starts; each rating is scored with the brackets that close it.
+VERDICT_PREFIX = "Rating: [["
+RATINGS = tuple(range(1, 11))
+RATING_CANDIDATES = tuple(f"{rating}]]" for rating in RATINGS)
 
 
 @cache
@@ -104,6 +114,20 @@ def parse_rating(judgment: str) -> int | float:
         return ast.literal_eval(match.group(1))
     except (ValueError, SyntaxError):
         return FAILED
+
+
+def expected_rating(logprobs: Sequence[float]) -> str:
+    """A judgment text from the log-probabilities of :data:`RATING_CANDIDATES`: the probability-weighted mean
+    rating (as G-Eval scores), written as ``Rating: [[x.xx]]`` so :func:`parse_rating` reads it, then the
+    distribution it came from (renormalised over the ten ratings)."""
+    if len(logprobs) != len(RATINGS):
+        raise ValueError(f"expected {len(RATINGS)} log-probabilities (ratings 1-10), got {len(logprobs)}")
+    top = max(logprobs)
+    weights = [math.exp(lp - top) for lp in logprobs]
+    probabilities = [w / sum(weights) for w in weights]
+    score = sum(p * r for p, r in zip(probabilities, RATINGS))
+    spread = ", ".join(f"{r}: {p:.3f}" for r, p in zip(RATINGS, probabilities))
+    return f"{VERDICT_PREFIX}{score:.2f}]]\n(read from the judge's probabilities of each rating: {spread})"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from alignsmith.recipes import HubRecipe, OutputRepo, RecipeError, build, help_t
 from alignsmith.sources import DatasetSource
 from evaluation import answers, judging
 from evaluation.answers import AnswerDecoding, AnswersRecipe, ModelLoader, load_chat
-from evaluation.judging import JudgeRecipe
+from evaluation.judging import RATING_HELP, JudgeRecipe, Rating
 
 if TYPE_CHECKING:
     from alignsmith.models.generation import ChatModel
@@ -58,6 +58,7 @@ class EvalRunRecipe(HubRecipe):
     baseline: str | None = help_text(
         "alpaca_pairwise only: the `model` of one of `models` (`model@revision` when two entries share a model).",
         default=None)
+    rating: Rating = help_text(RATING_HELP, default="generate")
     results_repo: str | None = help_text("Results dataset the scores of every judged model are appended to.",
                                          default=None)
     work_dir: str = help_text(
@@ -111,6 +112,7 @@ class EvalRunRecipe(HubRecipe):
                 raise RecipeError(f"{where}.judgments: required: this model's answers are judged")
             judges.append(build(JudgeRecipe, {
                 **shared, "answers": _answers_source(entry.answers), "judge": to_dict(self.judge), "mode": self.mode,
+                "rating": self.rating,
                 "baseline": None if baseline is None else _answers_source(self.models[baseline].answers),
                 "work_dir": self.work_dir, "output": to_dict(entry.judgments), "results_repo": self.results_repo},
                 where=where))

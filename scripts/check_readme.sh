@@ -4,7 +4,7 @@
 # the project's interpreter), so that variables one block exports are there for the next.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/demo.sh
+time bash scripts/demo.sh  # its wall time, as the README quotes it
 script=$(mktemp)
 trap 'rm -f "$script"' EXIT
 python3 - README.md >"$script" <<'PY'

@@ -97,10 +97,8 @@ class Views:
     def deita(self, dataset: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """Decision counts, score distributions, selected rows and rejected rows of a Deita dataset."""
         scored = self.source.dataset(dataset, "scored")
-        rejected = (data.rejected_rows(self.source.dataset(dataset, "rejected"))
-                    if "rejected" in self.source.configs(dataset) else pd.DataFrame(columns=["row_index", "reason"]))
         return (data.decision_counts(scored), data.deita_scores(scored),
-                data.deita_selected(self.source.dataset(dataset, "selected")), rejected)
+                data.deita_selected(self.source.dataset(dataset, "selected")), self.rejected(dataset))
 
     def pf_sources(self, dataset: str) -> gr.Dropdown:
         sources = [c for c in self.source.configs(dataset) if c not in ("rejected", "multiturn")]
@@ -112,7 +110,10 @@ class Views:
         images = [(_image(imgs[0]), rid) for rid, imgs in zip(rows.id, rows.images) if len(imgs)]
         return images, data.pf_rows(rows)
 
-    def pf_rejected(self, dataset: str) -> pd.DataFrame:
+    def rejected(self, dataset: str) -> pd.DataFrame:
+        """The dataset's rejected rows with their reasons; none when it rejected nothing (no such config)."""
+        if "rejected" not in self.source.configs(dataset):
+            return pd.DataFrame(columns=data.REJECTED_COLUMNS)
         return data.rejected_rows(self.source.dataset(dataset, "rejected"))
 
 
@@ -206,7 +207,7 @@ def build_demo(source: HubSource) -> gr.Blocks:
                 pf_rejected = gr.Dataframe(label="Rejected (stage, reason)", interactive=False, wrap=True)
                 pf.change(views.pf_sources, pf, pf_config, api_name="pf_sources")
                 pf_config.change(views.pf_source, [pf, pf_config], [gallery, pf_table], api_name="pf_source")
-                pf.change(views.pf_rejected, pf, pf_rejected, api_name="pf_rejected")
+                pf.change(views.rejected, pf, pf_rejected, api_name="pf_rejected")
         # a visit opens on the first model and datasets already shown; these loads are not API endpoints
         hidden = {"api_visibility": "private"}
         demo.load(views.training_data, score, [training, training_plot], **hidden)
@@ -216,5 +217,5 @@ def build_demo(source: HubSource) -> gr.Blocks:
             demo.load(views.deita, deita, [decisions, scores, selected, rejected], **hidden)
         if config.pf:
             demo.load(views.pf_sources, pf, pf_config, **hidden)
-            demo.load(views.pf_rejected, pf, pf_rejected, **hidden)
+            demo.load(views.rejected, pf, pf_rejected, **hidden)
     return demo

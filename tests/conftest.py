@@ -28,6 +28,7 @@ os.environ.update(
 
 import atexit  # noqa: E402
 import secrets  # noqa: E402
+import socket  # noqa: E402
 import shutil  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -69,3 +70,50 @@ def hub() -> Iterator[HubHandle]:
     _HUB_SERVER.start()
     yield HubHandle(_HUB_SERVER.url, _HUB_ROOT, _HUB_TOKEN, _HUB_SERVER)
     _HUB_SERVER.stop()
+
+
+@pytest.fixture(scope="session")
+def serve(hub, tmp_path_factory) -> Iterator:
+    """``serve(model)``: the base URL of a real OpenAI-compatible server, ``transformers serve`` on loopback, pinned
+    to ``model`` (``repo@sha`` on the embedded Hub); one server per model, stopped at the end of the session."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    for module in ("fastapi", "uvicorn", "openai"):
+        pytest.importorskip(module, reason="transformers serve needs transformers[serving]")
+    servers: dict[str, tuple[subprocess.Popen, str]] = {}
+
+    def start(model: str) -> str:
+        if model in servers:
+            return servers[model][1]
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        log = tmp_path_factory.mktemp("serve") / "serve.log"
+        command = [str(Path(sys.executable).with_name("transformers")), "serve", model, "--host", "127.0.0.1",
+                   "--port", str(port), "--device", "cpu", "--dtype", "float32"]
+        with open(log, "wb") as out:  # the child inherits HF_ENDPOINT / HF_TOKEN: it reads the embedded Hub
+            server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
+        servers[model] = server, f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 180
+        while True:
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"transformers serve did not come up (exit {server.poll()}):\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    return servers[model][1]
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+
+    yield start
+    for server, _ in servers.values():
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

@@ -85,6 +85,62 @@ def per_row(settings: DecodingSettings | Sequence[DecodingSettings], count: int)
     return rows
 
 
+def endpoint_field(many: bool = False) -> Any:
+    """A recipe's ``endpoint`` field: one base URL or (``many``) a list, one per task that runs rows."""
+    listed = (" Or a list of them: the task that runs rows uses endpoints[task % len(endpoints)], so each "
+              "task (or GPU node) has its own server.") if many else ""
+    return help_text(
+        "Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1: vLLM, SGLang, "
+        f"`transformers serve`) serving `model`; unset: run `model` in this process.{listed}",
+        default=None,
+    )
+
+
+def api_key_field() -> Any:
+    return help_text("Environment variable holding the endpoint's API key (may be unset).", default="OPENAI_API_KEY")
+
+
+def endpoint_urls(endpoint: str | Sequence[str] | None) -> list[str]:
+    """A recipe's ``endpoint`` (a URL or a list) as a list: empty when the model runs in this process."""
+    if endpoint is None:
+        return []
+    return [endpoint] if isinstance(endpoint, str) else list(endpoint)
+
+
+def check_endpoint(endpoint: str | Sequence[str] | None, revision: str | None, dtype: str) -> None:
+    """Refuse, at load, an endpoint that is not an http(s) URL, an empty list, and the fields that only apply to
+    a model run in this process (an endpoint's server picked its weights and dtype)."""
+    if endpoint is None:
+        return
+    urls = endpoint_urls(endpoint)
+    if not urls:
+        raise RecipeError("endpoint: expected a URL or a non-empty list of URLs, got an empty list")
+    for k, url in enumerate(urls):
+        if not url.startswith(("http://", "https://")):
+            where = "endpoint" if isinstance(endpoint, str) else f"endpoint[{k}]"
+            raise RecipeError(f"{where}: expected an http(s) URL, got {url!r}")
+    if revision is not None:
+        raise RecipeError("revision: applies to Hub models run in this process, not to an endpoint")
+    if dtype != "auto":
+        raise RecipeError(f"dtype: applies to models run in this process, not to an endpoint, got {dtype!r}")
+
+
+SERVING_KEYS = ("endpoint", "api_key_env")  # where a model is served and how to reach it, not which model
+
+
+def work_identity(spec: Any) -> dict[str, Any]:
+    """A model spec as a work fingerprint takes it: what decides the outputs, not the server's address (a
+    rerun on other nodes of the same cluster reaches the same served model at another URL)."""
+    return {key: value for key, value in asdict(spec).items() if key not in SERVING_KEYS}
+
+
+def endpoint_for_task(endpoint: str | Sequence[str], task: int) -> str:
+    """The endpoint the task numbered ``task`` sends its rows to: one of a list in turn, so tasks spread over
+    the servers."""
+    urls = endpoint_urls(endpoint)
+    return urls[task % len(urls)]
+
+
 @dataclass(kw_only=True)
 class ChatModelSpec:
     """A recipe's chat model: a Hub model (or local folder) run here, or an OpenAI-compatible endpoint."""
@@ -99,17 +155,8 @@ class ChatModelSpec:
     )
     batch_size: int = help_text("Conversations per generate call (in-process) or requests in flight (endpoint).",
                                 default=8, minimum=1)
-    endpoint: str | None = help_text(
-        "Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1: vLLM, SGLang, "
-        "`transformers serve`); unset: run `model` in this process.",
-        default=None,
-    )
-    api_key_env: str = help_text("Environment variable holding the endpoint's API key (may be unset).",
-                                 default="OPENAI_API_KEY")
+    endpoint: str | None = endpoint_field()
+    api_key_env: str = api_key_field()
 
     def __post_init__(self) -> None:
-        if self.endpoint is not None:
-            if not self.endpoint.startswith(("http://", "https://")):
-                raise RecipeError(f"endpoint: expected an http(s) URL, got {self.endpoint!r}")
-            if self.revision is not None:
-                raise RecipeError("revision: applies to Hub models run in this process, not to an endpoint")
+        check_endpoint(self.endpoint, self.revision, self.dtype)

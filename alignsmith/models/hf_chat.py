@@ -119,6 +119,44 @@ class HFChatModel(PinnedModel):
         its usual special tokens (BOS); batching, padding and seeding are those of :meth:`generate`."""
         return self._decode([list(self.tokenizer(prompt)["input_ids"]) for prompt in prompts], settings, "prompt")
 
+    def continuation_logprobs(
+        self, conversations: Sequence[Sequence[Message]], prefix: str, candidates: Sequence[str]
+    ) -> list[list[float]]:
+        """Per conversation, the log-probability of each candidate continuing the assistant's turn after ``prefix``.
+
+        A verdict read from the model's distribution instead of its sampled text: every answer is one of the
+        candidates, and nothing is generated. The text is tokenised whole (chat template, prefix, candidate),
+        so a candidate that merges with the prefix's last characters is scored as the model would write it;
+        the tokens every candidate shares are context, and only the rest is scored.
+        """
+        import torch
+
+        scores = []
+        for number, conversation in enumerate(conversations):
+            text = self.tokenizer.apply_chat_template([dict(m) for m in conversation], add_generation_prompt=True,
+                                                      tokenize=False) + prefix
+            rows = [list(self.tokenizer(text + candidate, add_special_tokens=False)["input_ids"])
+                    for candidate in candidates]
+            width = max(len(row) for row in rows)
+            if width > self.context:
+                raise ContextLengthError(f"{self.model_ref.repo_id}: conversation {number} renders to {width} tokens "
+                                         f"with its verdict, and the model's context is {self.context}")
+            shared = next((i for i in range(min(len(r) for r in rows)) if len({r[i] for r in rows}) > 1),
+                          min(len(r) for r in rows))
+            input_ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+            attention_mask = torch.zeros_like(input_ids)
+            for i, row in enumerate(rows):
+                input_ids[i, : len(row)] = torch.as_tensor(row)
+                attention_mask[i, : len(row)] = 1
+            with torch.inference_mode():  # logits from the last shared token on: the ones that predict candidates
+                logits = self.model(input_ids=input_ids.to(self.model.device),
+                                    attention_mask=attention_mask.to(self.model.device),
+                                    logits_to_keep=width - shared + 1).logits.float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            scores.append([sum(logprobs[i, j - shared, row[j]].item() for j in range(shared, len(row)))
+                           for i, row in enumerate(rows)])
+        return scores
+
     def _decode(
         self, prompts: list[list[int]], settings: DecodingSettings | Sequence[DecodingSettings], what: str
     ) -> list[Completion]:

@@ -1,10 +1,11 @@
-"""``alignsmith build deita`` and ``build deita-merge``: score, embed and select a pool, then publish the dataset.
+"""``alignsmith build deita``: score, embed and select a pool, then publish the dataset.
 
 The work is cut into shards (see :mod:`alignsmith.shards`): scoring and embedding write each
 finished shard to ``work_dir``, so a killed build resumes where it stopped and gives the same
 output. Under ``accelerate launch`` every process takes its share of the shards and the main process
-selects and publishes; with ``num_shards``/``shard_index`` separate machines each compute their
-part and ``build deita-merge`` (same recipe) checks that every shard is there before selecting.
+selects and publishes. With an ``executor`` (:mod:`alignsmith.executors`: local processes, a Slurm
+array, a Ray cluster) each task computes its share (:class:`DeitaTasks`) and selection and publishing
+run once every task has finished.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from alignsmith.executors import ShardTasks, execute
 from alignsmith.lineage import ArtifactRef, Lineage, pin
 from alignsmith.publish import Release, ensure_tag_free
-from alignsmith.recipes import to_dict
-from alignsmith.shards import ShardMismatchError, ShardPlan, ShardStore, fingerprint
+from alignsmith.recipes import RecipeError, to_dict
+from alignsmith.shards import ShardMismatchError, ShardPlan, ShardStore, all_done, fingerprint
 from alignsmith.sources import SourceError, load_source
 from builders.deita.recipe import DeitaRecipe
 from builders.deita.results import FinishedBuild, Merged, Models, Pool
@@ -67,9 +69,10 @@ def records_fingerprint(records: Sequence[dict[str, Any]]) -> str:
 class Work:
     """The shard stores of one build: scores, embeddings and (for perplexity/IFD) difficulty."""
 
-    def __init__(self, recipe: DeitaRecipe, pool: Pool, models: Models, process_index: int = 0, num_processes: int = 1):
-        self.plan = ShardPlan(len(pool.records), recipe.shard_size, recipe.num_shards, recipe.shard_index,
-                              num_processes, process_index)
+    def __init__(self, recipe: DeitaRecipe, pool: Pool, models: Models, *, num_tasks: int = 1, task_index: int = 0,
+                 num_processes: int = 1, process_index: int = 0):
+        self.plan = ShardPlan(len(pool.records), recipe.shard_size, num_tasks, task_index, num_processes,
+                              process_index)
         base = {"records": records_fingerprint(pool.records), "shard_size": recipe.shard_size}
         scoring = {**base, "complexity": [to_dict(recipe.complexity_scorer), models.complexity.sha],
                    "quality": [to_dict(recipe.quality_scorer), models.quality.sha],
@@ -86,9 +89,6 @@ class Work:
 
     def stores(self) -> list[ShardStore]:
         return [s for s in (self.scores, self.embeddings, self.difficulty) if s is not None]
-
-    def complete(self) -> bool:
-        return not any(store.missing() for store in self.stores())
 
 
 def _flat(lists: Sequence[Sequence[Any]], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -267,32 +267,51 @@ def _state():
     return PartialState()
 
 
+class DeitaTasks(ShardTasks):
+    """The build as executor tasks: each computes its share of the shards; ``finish`` selects and publishes.
+    Tasks read the pool themselves (the shard manifests check it is the same pool)."""
+
+    def __init__(self, recipe: DeitaRecipe, models: Models, pool: Pool | None = None) -> None:
+        super().__init__(pool)
+        self.recipe, self.models = recipe, models
+
+    def load(self) -> Pool:
+        return load_pool(self.recipe)
+
+    def work(self, rank: int = 0, world_size: int = 1) -> Work:
+        return Work(self.recipe, self.input(), self.models, num_tasks=world_size, task_index=rank)
+
+    def run_task(self, rank: int, world_size: int) -> None:
+        compute_shards(self.recipe, self.input(), self.models, self.work(rank, world_size))
+
+    def task_done(self, rank: int, world_size: int) -> bool:
+        work = self.work(rank, world_size)
+        return all_done(work.stores(), work.plan.mine())
+
+    def finish(self) -> Release:
+        return select_and_publish(self.recipe, self.input(), self.models, self.work())
+
+
 def run(recipe: DeitaRecipe) -> Release | None:
-    """``build deita``: compute this worker's shards; on a single machine, then select and publish."""
+    """``build deita``: compute the shards (here, under accelerate launch, or as executor tasks), then select
+    and publish (None from the processes that do not, and once the tasks are submitted to Slurm)."""
     ensure_tag_free(recipe.output.repo_id, "dataset", recipe.output.tag)  # before hours of scoring, not after
     pool = load_pool(recipe)
     models = pin_models(recipe)
     state = _state()
-    work = Work(recipe, pool, models, state.process_index, state.num_processes)
+    if recipe.executor.kind != "none":
+        if state.num_processes > 1:
+            raise RecipeError(f"executor.kind: {recipe.executor.kind!r} starts its own tasks; run the build once, "
+                              "without accelerate launch")
+        tasks = DeitaTasks(recipe, models, pool)
+        tasks.work()  # a work_dir of another job is refused here, before any task starts
+        return execute(recipe.executor, tasks, recipe.work_dir)
+    work = Work(recipe, pool, models, num_processes=state.num_processes, process_index=state.process_index)
     compute_shards(recipe, pool, models, work)
     state.wait_for_everyone()
-    if recipe.num_shards > 1:  # machines finish in any order: publishing is merge's job alone
-        missing = sorted({s for store in work.stores() for s in store.missing()})
-        log.info("machine shard %d of %d is done (%d work shard(s) still missing overall). When every machine has "
-                 "finished, run `alignsmith build deita-merge` with the same recipe.", recipe.shard_index, recipe.num_shards,
-                 len(missing))
-        return None
     if not state.is_main_process:
         return None
     return select_and_publish(recipe, pool, models, work)
-
-
-def merge(recipe: DeitaRecipe) -> Release:
-    """``build deita-merge``: check that every shard is present and consistent, then select and publish."""
-    ensure_tag_free(recipe.output.repo_id, "dataset", recipe.output.tag)
-    pool = load_pool(recipe)
-    models = pin_models(recipe)
-    return select_and_publish(recipe, pool, models, Work(recipe, pool, models))
 
 
 def select_and_publish(recipe: DeitaRecipe, pool: Pool, models: Models, work: Work) -> Release:

@@ -7,8 +7,9 @@ Kept free of heavy imports so ``alignsmith build deita --help`` is instant: the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import ClassVar, Literal
 
+from alignsmith.executors import ExecutorSpec
 from alignsmith.recipes import HubRecipe, OutputRepo, RecipeError, help_text, non_default
 from alignsmith.sources import DatasetSource
 
@@ -126,15 +127,15 @@ class DeitaRecipe(HubRecipe):
     )
     work_dir: str = help_text("Where finished shards are kept; a rerun resumes from them.", default="runs/deita")
     shard_size: int = help_text("Rows per work shard (the unit of resumption).", default=256, minimum=1)
-    num_shards: int = help_text("Split the pool across this many machines (e.g. a Slurm array).", default=1, minimum=1)
-    shard_index: int = help_text("Which machine this is (0-based).", default=0)
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     publish_embeddings: bool = help_text("Also publish an 'embeddings' config.", default=False)
     output: OutputRepo = help_text("Dataset repo (and tag) to publish to.")
 
+    removed_keys: ClassVar[dict[str, str]] = dict.fromkeys(
+        ("num_shards", "shard_index"), "spread the work over machines with `executor: {kind: slurm, tasks: N}` "
+        "(one `build deita` submits every task and the publishing job)")
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 <= self.shard_index < self.num_shards:
-            raise RecipeError(f"shard_index: must be in 0..{self.num_shards - 1} (num_shards {self.num_shards}), "
-                              f"got {self.shard_index}")
         if self.selection.strategy in ("perplexity", "ifd") and not self.difficulty_model:
             raise RecipeError(f"difficulty_model: needed by selection.strategy {self.selection.strategy!r}")

@@ -35,12 +35,14 @@ import numpy as np
 
 from alignsmith.cards import CardContent, histogram
 from alignsmith.converters import ConversionResult
+from alignsmith.executors import ShardTasks, execute
 from alignsmith.lineage import ArtifactRef, Lineage, pin
 from alignsmith.publish import Release, ensure_tag_free, publish_dataset
+from alignsmith.models.generation import work_identity
 from alignsmith.recipes import to_dict
 from alignsmith.records import IMAGE_PLACEHOLDER, dataset_from_rows, rejected_features
 from alignsmith.seeding import row_rng, row_seed
-from alignsmith.shards import ShardPlan, ShardStore, fingerprint
+from alignsmith.shards import ShardPlan, ShardStore, all_done, fingerprint
 from alignsmith.sources import LoadedSource, SourceError, load_source
 from builders.polite_flamingo.distortions import (
     Distortion,
@@ -52,7 +54,7 @@ from builders.polite_flamingo.distortions import (
     random_augmentation,
 )
 from builders.polite_flamingo.recipe import PairsRecipe
-from builders.polite_flamingo.rewriting import RewriterLayout, rewriting_prompt
+from builders.polite_flamingo.rewriting import RewriterLayout, leaves_room, rewriting_prompt
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +143,13 @@ def _candidates_fingerprint(candidates: Sequence[Candidate]) -> str:
 class Work:
     """One shard store per kind, over shards of source records."""
 
-    def __init__(self, recipe: PairsRecipe, pairs: Pairs, distorter: ArtifactRef | None) -> None:
-        self.plan = ShardPlan(len(pairs.converted.records), recipe.shard_size)
+    def __init__(self, recipe: PairsRecipe, pairs: Pairs, distorter: ArtifactRef | None, *, num_tasks: int = 1,
+                 task_index: int = 0) -> None:
+        self.plan = ShardPlan(len(pairs.converted.records), recipe.shard_size, num_tasks, task_index)
         base = {"candidates": _candidates_fingerprint(pairs.candidates), "shard_size": recipe.shard_size,
                 "seed": recipe.seed}
         specs = {"random_augmentation": base,
-                 "llm_instructed": {**base, "distorter": [to_dict(recipe.distorter) if recipe.distorter else None,
+                 "llm_instructed": {**base, "distorter": [work_identity(recipe.distorter) if recipe.distorter else None,
                                                   distorter.sha if distorter else None],
                                     "decoding": to_dict(recipe.decoding)},
                  "captions_and_boxes": {key: base[key] for key in ("candidates", "shard_size")}}  # draws nothing
@@ -168,13 +171,22 @@ class Outcome:
 
 
 class LLMDistorter:
-    """The Guanaco prompt continued by a causal LM; loaded only when a shard needs it."""
+    """The Guanaco prompt continued by a causal LM, loaded only when a shard needs it, or by the endpoint
+    serving it (task ``task`` of a run uses ``endpoint[task % len(endpoint)]``); ``ref`` is None for an
+    endpoint."""
 
-    def __init__(self, recipe: PairsRecipe, ref: ArtifactRef) -> None:
-        from alignsmith.models.hf_chat import HFChatModel
-
+    def __init__(self, recipe: PairsRecipe, ref: ArtifactRef | None, *, task: int = 0) -> None:
         spec = recipe.distorter
-        self.model = HFChatModel(ref, dtype=spec.dtype, batch_size=spec.batch_size)
+        if spec.endpoint is not None:
+            from alignsmith.models.generation import endpoint_for_task
+            from alignsmith.models.openai_chat import EndpointChatModel
+
+            self.model = EndpointChatModel(endpoint_for_task(spec.endpoint, task), spec.model,
+                                           api_key_env=spec.api_key_env, batch_size=spec.batch_size)
+        else:
+            from alignsmith.models.hf_chat import HFChatModel
+
+            self.model = HFChatModel(ref, dtype=spec.dtype, batch_size=spec.batch_size)
         self.recipe = recipe
 
     def distort(self, candidates: Sequence[Candidate], shard: int) -> list[Outcome]:
@@ -188,7 +200,7 @@ class LLMDistorter:
         drawn = [llm_instructed_prompt(c.instruction, c.original, row_rng(self.recipe.seed, f"llm_instructed/{c.id}"))
                  for c in candidates]
         # a prompt that leaves no room to continue is this row's problem, not the batch's
-        fits = [len(self.model.tokenizer(prompt)["input_ids"]) < self.model.context for prompt, _ in drawn]
+        fits = [leaves_room(self.model, prompt) for prompt, _ in drawn]
         replies = iter(self.model.complete([p for (p, _), ok in zip(drawn, fits) if ok], settings))
         outcomes: list[Outcome] = []
         for (_, command), ok in zip(drawn, fits):
@@ -244,16 +256,17 @@ def _write(store: ShardStore, shard: int, candidates: Sequence[Candidate], outco
                 decoding=np.array(decoding, dtype=str))
 
 
-def compute_shards(recipe: PairsRecipe, pairs: Pairs, work: Work, distorter: ArtifactRef | None) -> None:
-    """Distort every shard of every kind not yet on disk."""
+def compute_shards(recipe: PairsRecipe, pairs: Pairs, work: Work, distorter: ArtifactRef | None,
+                   task: int = 0) -> None:
+    """Distort every shard of every kind this worker owns (``work.plan``) not yet on disk."""
     llm: LLMDistorter | None = None
     for kind, store in work.stores.items():
-        todo = store.missing()
+        todo = [shard for shard in work.plan.mine() if not store.done(shard)]
         log.info("%s: %d of %d shard(s) to compute", kind, len(todo), store.num_shards)
         for shard in todo:
             candidates = work.shard_candidates(pairs, shard)
             if kind == "llm_instructed":
-                llm = llm or LLMDistorter(recipe, distorter)
+                llm = llm or LLMDistorter(recipe, distorter, task=task)
                 outcomes = llm.distort(candidates, shard)
             elif kind == "captions_and_boxes":
                 candidates = [c for c in candidates if c.turn_pair == 0]
@@ -366,14 +379,49 @@ def _card(recipe: PairsRecipe, pairs: Pairs, rows: dict[str, list[dict[str, Any]
     )
 
 
-def run(recipe: PairsRecipe) -> Release:
-    """``build pf-pairs``: distort every shard not done yet, then publish one config per kind plus ``rejected``."""
+class PairsTasks(ShardTasks):
+    """The build as executor tasks: each distorts its share of the shards; ``finish`` publishes. Tasks read
+    the source themselves (the shard manifests check it is the same one)."""
+
+    def __init__(self, recipe: PairsRecipe, distorter: ArtifactRef | None, pairs: Pairs | None = None) -> None:
+        super().__init__(pairs)
+        self.recipe, self.distorter = recipe, distorter
+
+    def load(self) -> Pairs:
+        return load_pairs(self.recipe)
+
+    def work(self, rank: int = 0, world_size: int = 1) -> Work:
+        return Work(self.recipe, self.input(), self.distorter, num_tasks=world_size, task_index=rank)
+
+    def run_task(self, rank: int, world_size: int) -> None:
+        compute_shards(self.recipe, self.input(), self.work(rank, world_size), self.distorter, task=rank)
+
+    def task_done(self, rank: int, world_size: int) -> bool:
+        work = self.work(rank, world_size)
+        return all_done(work.stores.values(), work.plan.mine())
+
+    def finish(self) -> Release:
+        return publish_pairs(self.recipe, self.input(), self.work(), self.distorter)
+
+
+def run(recipe: PairsRecipe) -> Release | None:
+    """``build pf-pairs``: distort every shard not done yet (here or as executor tasks), then publish one config
+    per kind plus ``rejected`` (None once the tasks are submitted to Slurm)."""
     ensure_tag_free(recipe.output.repo_id, "dataset", recipe.output.tag)
     pairs = load_pairs(recipe)
+    # an endpoint cannot be pinned: its URL(s) and served model name are in the recipe the lineage holds
     distorter = (pin("distorter", recipe.distorter.model, "model", recipe.distorter.revision)
-                 if "llm_instructed" in recipe.kinds else None)
-    work = Work(recipe, pairs, distorter)
-    compute_shards(recipe, pairs, work, distorter)
+                 if "llm_instructed" in recipe.kinds and recipe.distorter.endpoint is None else None)
+    tasks = PairsTasks(recipe, distorter, pairs)
+    if recipe.executor.kind != "none":
+        tasks.work()  # a work_dir of another job is refused here, before any task starts
+        return execute(recipe.executor, tasks, recipe.work_dir)
+    tasks.run_task(0, 1)
+    return tasks.finish()
+
+
+def publish_pairs(recipe: PairsRecipe, pairs: Pairs, work: Work, distorter: ArtifactRef | None) -> Release:
+    """Once every shard is on disk: one config per kind plus ``rejected``."""
     rows, rejected = collect(pairs, work, recipe.rewriter_prompt)
     features = _pair_features()
     configs = {kind: {"train": dataset_from_rows(kind_rows, features)} for kind, kind_rows in rows.items()}

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from alignsmith.models.generation import api_key_field, check_endpoint, endpoint_field
+from alignsmith.executors import ExecutorSpec
 from alignsmith.recipes import HubRecipe, OutputRepo, RecipeError, help_text
 from alignsmith.sources import DatasetSource
 from builders.polite_flamingo.rewriting import RewriterLayout
@@ -17,13 +19,21 @@ PairKind = Literal["random_augmentation", "llm_instructed", "captions_and_boxes"
 
 @dataclass(kw_only=True)
 class DistorterSpec:
-    """The causal LM that continues the Guanaco distortion prompt (the paper: timdettmers/guanaco-33b)."""
+    """The causal LM that continues the Guanaco distortion prompt (the paper: timdettmers/guanaco-33b), run
+    here or behind OpenAI-compatible servers (raw ``/completions``)."""
 
-    model: str = help_text("Hub repo id or local folder of a causal LM (a PEFT adapter is loaded on its base).")
+    model: str = help_text("Hub repo id or local folder of a causal LM (a PEFT adapter is loaded on its base); or, "
+                           "with `endpoint`, the model name the server knows.")
     revision: str | None = help_text("Branch, tag or sha (Hub models only); pinned to a sha.", default=None)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = help_text(
-        "'auto': bf16 on GPU, fp32 on CPU.", default="auto")
-    batch_size: int = help_text("Prompts per generate call (length-sorted, left-padded).", default=8, minimum=1)
+        "'auto': bf16 on GPU, fp32 on CPU; in-process models only.", default="auto")
+    batch_size: int = help_text("Prompts per generate call (length-sorted, left-padded), or requests in flight "
+                                "(endpoint).", default=8, minimum=1)
+    endpoint: str | list[str] | None = endpoint_field(many=True)
+    api_key_env: str = api_key_field()
+
+    def __post_init__(self) -> None:
+        check_endpoint(self.endpoint, self.revision, self.dtype)
 
 
 @dataclass(kw_only=True)
@@ -57,6 +67,7 @@ class PairsRecipe(HubRecipe):
     max_rows: int | None = help_text("Use only the first N source rows (null: all).", default=None, minimum=1)
     work_dir: str = help_text("Where finished shards are kept; a rerun resumes from them.", default="runs/pf-pairs")
     shard_size: int = help_text("Source rows per work shard (the unit of resumption).", default=256, minimum=1)
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     output: OutputRepo = help_text("Dataset repo (and tag) to publish to.")
 
     def __post_init__(self) -> None:

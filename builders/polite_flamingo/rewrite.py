@@ -9,10 +9,11 @@ published rewriter (the raw annotation in the "Drafted Response" slot of
 dropped at conversion, rewriting or by a filter, with the stage, the score and the reason) and,
 optionally, ``multiturn`` (instruct_flamingo's multi-turn augmentation over the kept rows).
 
-Rewriting is the expensive step: it is cut into shards of records in one :class:`ShardStore`, so a
-killed build resumes, recomputing only the missing shards. The filters run after every shard is done
-(models loaded once); they are cheap next to generation and their settings may change without
-invalidating any shard.
+Rewriting and the filter models' scores are per-row work, cut into shards of records, each step in its own
+:class:`ShardStore`, so a killed build resumes, recomputing only the missing shards; with an ``executor``
+(:mod:`alignsmith.executors`) tasks on local processes, Slurm or Ray compute them (:class:`RewriteTasks`),
+and the rest (``top_k``, ``multiturn``, publishing) runs once after. The filter shards are kept under their
+settings' fingerprint, so filter settings may change without invalidating any rewrite.
 
 An image-text-to-text rewriter sees each record's images
 (:meth:`alignsmith.models.vision_chat.HFVisionChatModel.complete`); a text-only causal LM continues the same
@@ -38,12 +39,14 @@ from typing import Any
 import numpy as np
 
 from alignsmith.cards import CardContent, histogram
+from alignsmith.executors import ShardTasks, execute
 from alignsmith.lineage import ArtifactRef, Lineage, pin
+from alignsmith.models.generation import work_identity
 from alignsmith.models.scorers import question_text
 from alignsmith.publish import Release, ensure_tag_free, publish_dataset
 from alignsmith.recipes import RecipeError, to_dict
 from alignsmith.records import dataset_from_rows, rejected_features
-from alignsmith.shards import ShardPlan, ShardStore, fingerprint
+from alignsmith.shards import ShardPlan, ShardStore, all_done, fingerprint
 from builders.polite_flamingo.annotations import (
     AnnotationInputError,
     Converted,
@@ -54,8 +57,8 @@ from builders.polite_flamingo.annotations import (
 )
 from builders.polite_flamingo.filters import FILTERS, FilterSettings
 from builders.polite_flamingo.pairs import POLITE_FLAMINGO_CITATION
-from builders.polite_flamingo.rewrite_recipe import AnnotationSource, RewriteRecipe
-from builders.polite_flamingo.rewriting import revised_response, rewriting_prompt
+from builders.polite_flamingo.rewrite_recipe import AnnotationSource, RewriterSpec, RewriteRecipe
+from builders.polite_flamingo.rewriting import leaves_room, revised_response, rewriting_prompt
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +182,20 @@ def open_image(image: dict[str, Any]) -> Any:
 
 
 class Work:
-    def __init__(self, recipe: RewriteRecipe, inputs: Inputs, rewriter: ArtifactRef) -> None:
-        self.plan = ShardPlan(len(inputs.records), recipe.shard_size)
+    """The rewrite shards and, under their settings' fingerprint, the filter shards (``task_index`` of
+    ``num_tasks`` owns ``plan.mine()``)."""
+
+    def __init__(self, recipe: RewriteRecipe, inputs: Inputs, rewriter: ArtifactRef | None,
+                 filter_refs: dict[str, ArtifactRef], *, num_tasks: int = 1, task_index: int = 0) -> None:
+        self.plan = ShardPlan(len(inputs.records), recipe.shard_size, num_tasks, task_index)
         spec = {"records": _records_fingerprint(inputs.records), "shard_size": recipe.shard_size,
-                "rewriter": [to_dict(recipe.rewriter), rewriter.sha], "decoding": to_dict(recipe.decoding)}
-        self.store = ShardStore(recipe.work_dir, "rewrite", fingerprint(spec), self.plan.num_shards)
+                "rewriter": [work_identity(recipe.rewriter), rewriter.sha if rewriter else None],
+                "decoding": to_dict(recipe.decoding)}
+        rewrites = fingerprint(spec)
+        self.store = ShardStore(recipe.work_dir, "rewrite", rewrites, self.plan.num_shards)
+        filters = fingerprint({"rewrite": rewrites, "filters": to_dict(recipe.filters),
+                               "models": {name: ref.sha for name, ref in filter_refs.items()}})
+        self.filters = ShardStore(recipe.work_dir, f"filters-{filters[:12]}", filters, self.plan.num_shards)
 
     def shard_records(self, inputs: Inputs, shard: int) -> list[Record]:
         return [inputs.records[k] for k in self.plan.rows(shard)]
@@ -193,13 +205,43 @@ def shard_seed(seed: int, shard: int) -> int:
     return int(np.random.SeedSequence([seed, shard, 0x5EED]).generate_state(1, np.uint64)[0] >> 1)
 
 
-class Rewriter:
-    """The rewriter, loaded when a shard needs it: image-text-to-text (images fed) or a text causal LM."""
+def pin_rewriter(spec: RewriterSpec) -> tuple[ArtifactRef | None, bool]:
+    """The rewriter pinned to a commit (None for an endpoint: it cannot be pinned, its URLs and served model
+    name are in the recipe the lineage holds), and whether it reads images."""
+    from alignsmith.models.loading import is_adapter, is_vision_language
 
-    def __init__(self, recipe: RewriteRecipe, ref: ArtifactRef, vision: bool) -> None:
+    if spec.endpoint is not None:
+        return None, spec.images
+    rewriter = pin("rewriter", spec.model, "model", spec.revision)
+    if is_adapter(rewriter):
+        raise RecipeError(f"rewriter.model: {rewriter.repo_id!r} is a PEFT adapter; publish the merged rewriter")
+    return rewriter, is_vision_language(rewriter)
+
+
+def served_rewriter(spec: RewriterSpec) -> str:
+    """How the card names an endpoint rewriter: the served model name and where it was served."""
+    from alignsmith.models.generation import endpoint_urls
+
+    return f"rewriter `{spec.model}` served at {', '.join(endpoint_urls(spec.endpoint))}"
+
+
+class Rewriter:
+    """The rewriter, loaded when a shard needs it: image-text-to-text (images fed) or a text causal LM; or the
+    endpoint serving it (task ``task`` of a run uses ``endpoint[task % len(endpoint)]``; ``ref`` is None)."""
+
+    def __init__(self, recipe: RewriteRecipe, ref: ArtifactRef | None, vision: bool, *, task: int = 0) -> None:
         spec = recipe.rewriter
         self.recipe, self.vision = recipe, vision
-        if vision:
+        if spec.endpoint is not None:
+            from alignsmith.models.generation import endpoint_for_task
+            from alignsmith.models.openai_chat import EndpointChatModel
+
+            if recipe.decoding.no_repeat_ngram_size is not None:
+                raise RecipeError("decoding.no_repeat_ngram_size: the OpenAI API has no such field, so an endpoint "
+                                  "rewriter cannot apply it; leave it null, or run the rewriter in this process")
+            self.model = EndpointChatModel(endpoint_for_task(spec.endpoint, task), spec.model,
+                                           api_key_env=spec.api_key_env, batch_size=spec.batch_size)
+        elif vision:
             from alignsmith.models.vision_chat import HFVisionChatModel
 
             self.model = HFVisionChatModel(ref, dtype=spec.dtype, batch_size=spec.batch_size)
@@ -224,11 +266,11 @@ class Rewriter:
         # a prompt that leaves no room to continue is this row's problem (rejected), not the shard's
         if self.vision:
             images = [[open_image(i) for i in r.data["images"]] for r in records]
-            fits = [self.model.prompt_tokens(p, imgs) < self.model.context for p, imgs in zip(prompts, images)]
+            fits = [leaves_room(self.model, p, imgs) for p, imgs in zip(prompts, images)]
             done = iter(self.model.complete([p for p, ok in zip(prompts, fits) if ok],
-                                            [imgs for imgs, ok in zip(images, fits) if ok], settings))
+                                            images=[imgs for imgs, ok in zip(images, fits) if ok], settings=settings))
         else:
-            fits = [len(self.model.tokenizer(p)["input_ids"]) < self.model.context for p in prompts]
+            fits = [leaves_room(self.model, p) for p in prompts]
             done = iter(self.model.complete([p for p, ok in zip(prompts, fits) if ok], settings))
         results = []
         for ok in fits:
@@ -242,14 +284,20 @@ class Rewriter:
         return rows, recorded
 
 
-def compute_shards(recipe: RewriteRecipe, inputs: Inputs, work: Work, ref: ArtifactRef, vision: bool) -> list[int]:
-    """Rewrite every shard not yet on disk; returns the shards computed."""
-    todo = work.store.missing()
-    log.info("rewrite: %d of %d shard(s) to compute", len(todo), work.store.num_shards)
+def _todo(store: ShardStore, work: Work) -> list[int]:
+    todo = [shard for shard in work.plan.mine() if not store.done(shard)]
+    log.info("%s: %d of %d shard(s) to compute", store.dir.name, len(todo), store.num_shards)
+    return todo
+
+
+def compute_shards(recipe: RewriteRecipe, inputs: Inputs, work: Work, ref: ArtifactRef | None, vision: bool,
+                   task: int = 0) -> list[int]:
+    """Rewrite every shard this worker owns (``work.plan``) not yet on disk; returns the shards computed."""
+    todo = _todo(work.store, work)
     rewriter: Rewriter | None = None
     for shard in todo:
         records = work.shard_records(inputs, shard)
-        rewriter = rewriter or Rewriter(recipe, ref, vision)
+        rewriter = rewriter or Rewriter(recipe, ref, vision, task=task)
         rows, recorded = rewriter.rewrite(records, shard)
         work.store.write(
             shard,
@@ -269,17 +317,23 @@ def read_rewrites(inputs: Inputs, work: Work) -> dict[int, dict[str, Any]]:
     """Per record key: its rewrite (continuation, output, reason, decoding as a JSON string)."""
     found: dict[int, dict[str, Any]] = {}
     for shard in work.store.read_all():
-        recorded = json.loads(str(shard["decoding"]))
-        for k, i, cont, out, finish, tokens, reason in zip(shard["key"], shard["id"], shard["continuation"],
-                                                            shard["output"], shard["finish_reason"],
-                                                            shard["completion_tokens"], shard["reason"]):
-            record = inputs.records[int(k)]
-            if record.data["id"] != str(i):
-                raise RecipeError(f"{work.store.dir}: shard holds record {str(i)!r} where {record.data['id']!r} is "
-                                  "expected; delete the work_dir")
-            decoding = {**recorded, "finish_reason": str(finish), "completion_tokens": int(tokens)}
-            found[int(k)] = {"continuation": str(cont), "output": str(out), "reason": str(reason),
-                             "decoding": json.dumps(decoding, sort_keys=True)}
+        found |= _shard_rewrites(inputs, work, shard)
+    return found
+
+
+def _shard_rewrites(inputs: Inputs, work: Work, shard: dict[str, np.ndarray]) -> dict[int, dict[str, Any]]:
+    recorded = json.loads(str(shard["decoding"]))
+    found: dict[int, dict[str, Any]] = {}
+    for k, i, cont, out, finish, tokens, reason in zip(shard["key"], shard["id"], shard["continuation"],
+                                                        shard["output"], shard["finish_reason"],
+                                                        shard["completion_tokens"], shard["reason"]):
+        record = inputs.records[int(k)]
+        if record.data["id"] != str(i):
+            raise RecipeError(f"{work.store.dir}: shard holds record {str(i)!r} where {record.data['id']!r} is "
+                              "expected; delete the work_dir")
+        decoding = {**recorded, "finish_reason": str(finish), "completion_tokens": int(tokens)}
+        found[int(k)] = {"continuation": str(cont), "output": str(out), "reason": str(reason),
+                         "decoding": json.dumps(decoding, sort_keys=True)}
     return found
 
 
@@ -352,11 +406,66 @@ class Filtered:
     counts: dict[str, Counter]  # per source: stage -> rows dropped there, "kept"
 
 
-def filter_all(recipe: RewriteRecipe, inputs: Inputs, rewrites: dict[int, dict[str, Any]],
-               scorers: Scorers) -> Filtered:
-    from builders.polite_flamingo.filters import filter_rows, top_k_by_reward
+def filter_shards(recipe: RewriteRecipe, inputs: Inputs, work: Work, refs: dict[str, ArtifactRef]) -> list[int]:
+    """Run the cascade over the rewritten rows of every shard this worker owns not yet filtered: per row the
+    filter that dropped it (if any), its reason and score, the scores so far, and the raw annotation's reward;
+    ``top_k`` ranks across shards, so it is left to :func:`filter_all`. Returns the shards computed."""
+    from builders.polite_flamingo.filters import filter_rows
 
-    settings = filter_settings(recipe)
+    todo = _todo(work.filters, work)
+    settings, scorers = filter_settings(recipe), None
+    for shard in todo:
+        rewrites = _shard_rewrites(inputs, work, work.store.read(shard))
+        records = [inputs.records[k] for k, rewrite in rewrites.items() if not rewrite["reason"]]
+        rows = [{"instruction": r.data["instruction"], "original": r.data["raw"], "output": rewrites[r.key]["output"],
+                 "task": r.data["task"],
+                 "images": [open_image(i) for i in r.data["images"][:1]] if r.data["task"] == "caption" else []}
+                for r in records]
+        outcomes = [{"stage": "", "reason": "", "score": None} for _ in records]
+        if rows:
+            scorers = scorers or load_scorers(refs)
+            result = filter_rows(rows, settings, sts=scorers.sts, nli=scorers.nli, clip=scorers.clip,
+                                 reward=scorers.reward)
+            for dropped in result.dropped:
+                outcomes[dropped.index] = {"stage": dropped.filter, "reason": dropped.reason, "score": dropped.score,
+                                           "row": dropped.row}
+            for i, row in zip(result.kept_index, result.kept):
+                outcomes[i]["row"] = row
+        kept = [i for i, o in enumerate(outcomes) if not o["stage"]]
+        reward_raw = np.full(len(records), np.nan)
+        if scorers is not None and scorers.reward is not None and kept:
+            reward_raw[kept] = scorers.reward.scores([question_text(records[i].data["instruction"]) for i in kept],
+                                                     [records[i].data["raw"] for i in kept])
+        work.filters.write(
+            shard,
+            key=np.array([r.key for r in records], dtype=np.int64),
+            stage=np.array([o["stage"] for o in outcomes], dtype=str),
+            reason=np.array([o["reason"] for o in outcomes], dtype=str),
+            score=np.array(["" if o["score"] is None else _json(o["score"]) for o in outcomes], dtype=str),
+            row=np.array([_json({k: o["row"][k] for k in ("output", *SCORE_FIELDS) if k in o["row"]})
+                          for o in outcomes], dtype=str),
+            reward_raw=reward_raw,
+        )
+    return todo
+
+
+def read_filtered(work: Work) -> dict[int, dict[str, Any]]:
+    """Per record key that reached the cascade: the stage that dropped it ('' if kept), reason, score, the
+    row's output and scores, and the raw annotation's reward (NaN: not scored)."""
+    found: dict[int, dict[str, Any]] = {}
+    for shard in work.filters.read_all():
+        for k, stage, reason, score, row, reward in zip(shard["key"], shard["stage"], shard["reason"], shard["score"],
+                                                        shard["row"], shard["reward_raw"]):
+            found[int(k)] = {"stage": str(stage), "reason": str(reason), "score": json.loads(str(score) or "null"),
+                             "row": json.loads(str(row)), "reward_raw": float(reward)}
+    return found
+
+
+def filter_all(recipe: RewriteRecipe, inputs: Inputs, rewrites: dict[int, dict[str, Any]],
+               outcomes: dict[int, dict[str, Any]]) -> Filtered:
+    """Every record's fate from its rewrite and cascade outcome, then ``top_k`` over all sources."""
+    from builders.polite_flamingo.filters import top_k_by_reward
+
     counts = {s.name: Counter() for s in recipe.sources}
     rejected: Rows = []
     for name, conv in inputs.converted.items():
@@ -364,33 +473,22 @@ def filter_all(recipe: RewriteRecipe, inputs: Inputs, rewrites: dict[int, dict[s
             rejected.append({**r, "stage": "convert", "source": name, "score": None})
             counts[name]["convert"] += 1
     kept_rows: list[tuple[Record, dict[str, Any]]] = []
-    for source in recipe.sources:
-        rows, records = [], []
-        for record in (r for r in inputs.records if r.source == source.name):
-            rewrite = rewrites[record.key]
-            if rewrite["reason"]:
-                rejected.append(_rejected(record, "rewrite", rewrite["reason"], None,
-                                          {"continuation": rewrite["continuation"],
-                                           "decoding": json.loads(rewrite["decoding"])}))
-                counts[source.name]["rewrite"] += 1
-                continue
-            d = record.data
-            images = [open_image(i) for i in d["images"][:1]] if d["task"] == "caption" else []
-            rows.append({"instruction": d["instruction"], "original": d["raw"], "output": rewrite["output"],
-                         "task": d["task"], "images": images})
-            records.append(record)
-        if not rows:
+    for record in inputs.records:
+        rewrite = rewrites[record.key]
+        if rewrite["reason"]:
+            rejected.append(_rejected(record, "rewrite", rewrite["reason"], None,
+                                      {"continuation": rewrite["continuation"],
+                                       "decoding": json.loads(rewrite["decoding"])}))
+            counts[record.source]["rewrite"] += 1
             continue
-        result = filter_rows(rows, settings, sts=scorers.sts, nli=scorers.nli, clip=scorers.clip,
-                             reward=scorers.reward)
-        for dropped in result.dropped:
-            record = records[dropped.index]
-            details = {k: dropped.row[k] for k in ("output", *SCORE_FIELDS) if k in dropped.row}
-            details |= {"continuation": rewrites[record.key]["continuation"],
-                        "decoding": json.loads(rewrites[record.key]["decoding"])}
-            rejected.append(_rejected(record, dropped.filter, dropped.reason, dropped.score, details))
-            counts[source.name][dropped.filter] += 1
-        kept_rows += [(records[i], row) for i, row in zip(result.kept_index, result.kept)]
+        outcome = outcomes[record.key]
+        if not outcome["stage"]:
+            kept_rows.append((record, outcome["row"]))
+            continue
+        details = {**outcome["row"], "continuation": rewrite["continuation"],
+                   "decoding": json.loads(rewrite["decoding"])}
+        rejected.append(_rejected(record, outcome["stage"], outcome["reason"], outcome["score"], details))
+        counts[record.source][outcome["stage"]] += 1
     if recipe.top_k is not None:
         for k, (_, row) in enumerate(kept_rows):
             row["_key"] = k
@@ -406,12 +504,9 @@ def filter_all(recipe: RewriteRecipe, inputs: Inputs, rewrites: dict[int, dict[s
             rejected.append(_rejected(record, "top_k", reason, row.get("reward"), details))
             counts[record.source]["top_k"] += 1
         kept_rows = survivors
-    reward_raw: list[float] = []
-    if scorers.reward is not None and kept_rows:
-        reward_raw = scorers.reward.scores([question_text(r.data["instruction"]) for r, _ in kept_rows],
-                                           [r.data["raw"] for r, _ in kept_rows])
+    reward_raw = [outcomes[r.key]["reward_raw"] for r, _ in kept_rows] if recipe.filters.reward is not None else []
     published: dict[str, Rows] = {s.name: [] for s in recipe.sources}
-    for record, row in sorted(kept_rows, key=lambda pair: pair[0].key):
+    for record, row in kept_rows:  # records, so kept rows, are in key order
         published[record.source].append(_published(record, row, rewrites[record.key]["decoding"]))
         counts[record.source]["kept"] += 1
     rejected.sort(key=lambda r: (r["source"], r["row_index"] if r["row_index"] is not None else 1 << 62))
@@ -471,7 +566,7 @@ def _multiturn_features():
                               "images": datasets.List(datasets.Image()), "metadata": text})
 
 
-def _card(recipe: RewriteRecipe, inputs: Inputs, filtered: Filtered, rewriter: ArtifactRef,
+def _card(recipe: RewriteRecipe, inputs: Inputs, filtered: Filtered, rewriter: ArtifactRef | None,
           filter_refs: dict[str, ArtifactRef]) -> CardContent:
     stats: dict[str, Any] = {}
     for source in recipe.sources:
@@ -492,8 +587,9 @@ def _card(recipe: RewriteRecipe, inputs: Inputs, filtered: Filtered, rewriter: A
         stats["mean reward: raw annotation (kept rows)"] = round(float(np.mean(filtered.reward_raw)), 4)
         stats["mean reward: rewrite (kept rows)"] = round(float(np.mean(rewritten)), 4)
     d = recipe.decoding
-    models = ", ".join(f"{role} `{ref.portable().repo_id}`@{ref.sha}" for role, ref in
-                       [("rewriter", rewriter), *filter_refs.items()])
+    pinned_models = [*([("rewriter", rewriter)] if rewriter else []), *filter_refs.items()]
+    models = ", ".join(([served_rewriter(recipe.rewriter)] if rewriter is None else [])
+                       + [f"{role} `{ref.portable().repo_id}`@{ref.sha}" for role, ref in pinned_models])
     descriptions = {s.name: f"{s.task} source: instruction (`input`, with `<image>` placeholders; the images in "
                     "`images`), raw annotation (`original`), the rewrite after filtering (`output`) and PF-1M's "
                     "scores; `decoding` holds the settings applied." for s in recipe.sources}
@@ -518,27 +614,60 @@ def _card(recipe: RewriteRecipe, inputs: Inputs, filtered: Filtered, rewriter: A
     )
 
 
-def prepare(recipe: RewriteRecipe) -> tuple[Inputs, ArtifactRef, bool, Work]:
-    """Convert the sources, pin the rewriter and open the shard store."""
-    from alignsmith.models.loading import is_adapter, is_vision_language
+class RewriteTasks(ShardTasks):
+    """The build as executor tasks: each rewrites, then filters, its share of the shards (the rewriter is let
+    go before the filter models load); ``finish`` ranks, packs and publishes. Tasks convert the sources
+    themselves (the shard manifests check they are the same)."""
 
-    rewriter = pin("rewriter", recipe.rewriter.model, "model", recipe.rewriter.revision)
-    if is_adapter(rewriter):
-        raise RecipeError(f"rewriter.model: {rewriter.repo_id!r} is a PEFT adapter; publish the merged rewriter")
-    vision = is_vision_language(rewriter)
-    inputs = load_inputs(recipe)
-    return inputs, rewriter, vision, Work(recipe, inputs, rewriter)
+    def __init__(self, recipe: RewriteRecipe, rewriter: ArtifactRef | None, vision: bool,
+                 filter_refs: dict[str, ArtifactRef], inputs: Inputs | None = None) -> None:
+        super().__init__(inputs)
+        self.recipe, self.rewriter, self.vision, self.filter_refs = recipe, rewriter, vision, filter_refs
+
+    def load(self) -> Inputs:
+        return load_inputs(self.recipe)
+
+    def work(self, rank: int = 0, world_size: int = 1) -> Work:
+        return Work(self.recipe, self.input(), self.rewriter, self.filter_refs, num_tasks=world_size, task_index=rank)
+
+    def run_task(self, rank: int, world_size: int) -> None:
+        work = self.work(rank, world_size)
+        compute_shards(self.recipe, self.input(), work, self.rewriter, self.vision, task=rank)
+        filter_shards(self.recipe, self.input(), work, self.filter_refs)
+
+    def task_done(self, rank: int, world_size: int) -> bool:
+        work = self.work(rank, world_size)
+        return all_done([work.store, work.filters], work.plan.mine())
+
+    def finish(self) -> Release:
+        inputs, work = self.input(), self.work()
+        filtered = filter_all(self.recipe, inputs, read_rewrites(inputs, work), read_filtered(work))
+        return publish_rewrites(self.recipe, inputs, filtered, self.rewriter, self.filter_refs)
 
 
-def run(recipe: RewriteRecipe) -> Release:
-    """``build pf-rewrite``: rewrite every shard not done yet, filter, then publish one config per source,
-    ``rejected`` and (optionally) ``multiturn``."""
+def prepare(recipe: RewriteRecipe) -> RewriteTasks:
+    """Pin the models, convert the sources and open the shard stores (a work_dir of another job is refused)."""
+    rewriter, vision = pin_rewriter(recipe.rewriter)
+    tasks = RewriteTasks(recipe, rewriter, vision, pin_filter_models(recipe), load_inputs(recipe))
+    tasks.work()
+    return tasks
+
+
+def run(recipe: RewriteRecipe) -> Release | None:
+    """``build pf-rewrite``: rewrite and filter every shard not done yet (here or as executor tasks), then
+    publish one config per source, ``rejected`` and (optionally) ``multiturn`` (None once the tasks are
+    submitted to Slurm)."""
     ensure_tag_free(recipe.output.repo_id, "dataset", recipe.output.tag)
-    filter_refs = pin_filter_models(recipe)
-    inputs, rewriter, vision, work = prepare(recipe)
-    compute_shards(recipe, inputs, work, rewriter, vision)
-    rewrites = read_rewrites(inputs, work)
-    filtered = filter_all(recipe, inputs, rewrites, load_scorers(filter_refs))
+    tasks = prepare(recipe)
+    if recipe.executor.kind != "none":
+        return execute(recipe.executor, tasks, recipe.work_dir)
+    tasks.run_task(0, 1)
+    return tasks.finish()
+
+
+def publish_rewrites(recipe: RewriteRecipe, inputs: Inputs, filtered: Filtered, rewriter: ArtifactRef | None,
+                     filter_refs: dict[str, ArtifactRef]) -> Release:
+    """Once every shard is rewritten and filtered: one config per source, ``rejected`` and ``multiturn``."""
     features = _features()
     configs = {name: {"train": dataset_from_rows(rows, features)} for name, rows in filtered.rows.items()}
     configs["rejected"] = {"train": dataset_from_rows(filtered.rejected, rejected_features("stage", "source", "score"))}
@@ -546,6 +675,6 @@ def run(recipe: RewriteRecipe) -> Release:
         configs["multiturn"] = {"train": dataset_from_rows(multiturn_rows(recipe, filtered, rewriter),
                                                            _multiturn_features())}
     lineage = Lineage(command="build pf-rewrite", recipe=to_dict(recipe), inputs=inputs.refs,
-                      models=[rewriter, *filter_refs.values()])
+                      models=[*([rewriter] if rewriter else []), *filter_refs.values()])
     return publish_dataset(recipe.output, configs, _card(recipe, inputs, filtered, rewriter, filter_refs), lineage,
                            default_config=recipe.sources[0].name)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from alignsmith.models.generation import api_key_field, check_endpoint, endpoint_field
+from alignsmith.executors import ExecutorSpec
 from alignsmith.recipes import HubRecipe, OutputRepo, RecipeError, help_text
 from builders.polite_flamingo.rewriting import RewriterLayout
 
@@ -68,16 +70,31 @@ class AnnotationSource:
 
 @dataclass(kw_only=True)
 class RewriterSpec:
-    """The published rewriter: an image-text-to-text model (images fed) or a text-only causal LM."""
+    """The published rewriter: an image-text-to-text model (images fed) or a text-only causal LM, run here or
+    behind OpenAI-compatible servers."""
 
-    model: str = help_text("Hub repo id or local folder of the rewriter (image-text-to-text or causal LM).")
+    model: str = help_text("Hub repo id or local folder of the rewriter (image-text-to-text or causal LM); or, "
+                           "with `endpoint`, the model name the server knows.")
     revision: str | None = help_text("Branch, tag or sha (Hub models only); pinned to a sha.", default=None)
     layout: RewriterLayout = help_text(
         "Prompt layout: 'paper' (Figure 3, spelling fixed) or 'readme' (the README's, typo included: the one "
         "the released weights were used with). Use the layout the rewriter was trained with.", default="paper")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = help_text(
-        "'auto': bf16 on GPU, fp32 on CPU.", default="auto")
-    batch_size: int = help_text("Prompts per generate call (left-padded).", default=8, minimum=1)
+        "'auto': bf16 on GPU, fp32 on CPU; in-process models only.", default="auto")
+    batch_size: int = help_text("Prompts per generate call (left-padded), or requests in flight (endpoint).",
+                                default=8, minimum=1)
+    endpoint: str | list[str] | None = endpoint_field(many=True)
+    images: bool = help_text(
+        "With `endpoint`: the served rewriter reads images (each prompt goes to chat completions as text and "
+        "image parts; else to raw /completions, `<image>` as text). In-process, the model's config decides.",
+        default=False)
+    api_key_env: str = api_key_field()
+
+    def __post_init__(self) -> None:
+        check_endpoint(self.endpoint, self.revision, self.dtype)
+        if self.images and self.endpoint is None:
+            raise RecipeError("rewriter.images: applies to an endpoint; a model run here is read as image-text-to-"
+                              "text or text-only from its config")
 
 
 @dataclass(kw_only=True)
@@ -167,6 +184,7 @@ class RewriteRecipe(HubRecipe):
     seed: int = help_text("Seed of per-row draws (caption prompts).", default=0)
     work_dir: str = help_text("Where finished shards are kept; a rerun resumes from them.", default="runs/pf-rewrite")
     shard_size: int = help_text("Records per work shard (the unit of resumption).", default=256, minimum=1)
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     output: OutputRepo = help_text("Dataset repo (and tag) to publish to.")
 
     def __post_init__(self) -> None:
@@ -182,3 +200,5 @@ class RewriteRecipe(HubRecipe):
                     raise RecipeError(f"filters.{needed}: needed by source {source.name!r} (task {source.task!r})")
         if self.top_k is not None and self.filters.reward is None:
             raise RecipeError("top_k: ranks rows by reward, so it needs filters.reward")
+        if self.multiturn is not None and self.multiturn.tokenizer is None and self.rewriter.endpoint is not None:
+            raise RecipeError("multiturn.tokenizer: needed with an endpoint rewriter (its tokenizer is not here)")

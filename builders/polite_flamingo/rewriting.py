@@ -14,8 +14,9 @@ placeholders stay where the instruction has them (LLaVA-style models read them i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from alignsmith.recipes import check_choice
 
@@ -60,3 +61,15 @@ def revised_response(generated: str, layout: RewriterLayout) -> str:
     """
     check_choice("layout", layout, REWRITER_LAYOUTS)
     return generated.rpartition(_LAYOUTS[layout].revised.strip())[2].strip()
+
+
+def leaves_room(model: Any, prompt: str, images: Sequence[Any] | None = None) -> bool:
+    """Whether a raw prompt leaves ``model`` (run here) room to continue: one that does not is its row's
+    rejection. An endpoint (no ``context`` here) is let through: its server knows its own context length and
+    refuses a prompt too long, which fails the shard with the server's message."""
+    context = getattr(model, "context", None)
+    if context is None:
+        return True
+    if images is not None:
+        return model.prompt_tokens(prompt, images) < context
+    return len(model.tokenizer(prompt)["input_ids"]) < context

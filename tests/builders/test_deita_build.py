@@ -70,8 +70,8 @@ def write_recipe(tmp_path, pool, scorer, hub, repo, **overrides):
     return path
 
 
-def load(repo, config, split="train"):
-    return load_dataset(repo, config, revision="v1.0.0", split=split)
+def load(repo, config, split="train", tag="v1.0.0"):
+    return load_dataset(repo, config, revision=tag, split=split)
 
 
 def readme(repo) -> str:
@@ -130,9 +130,9 @@ def test_build_publishes_scored_selected_and_lineage(tmp_path, pool, scorer, hub
     assert main(["build", "deita", "--config", str(recipe)]) == 1
 
 
-def _published(repo):
-    scored = load(repo, "scored")
-    return scored["id"], scored["complexity_scores"], scored["quality_scores"], load(repo, "selected")["id"]
+def _published(repo, tag="v1.0.0"):
+    scored = load(repo, "scored", tag=tag)
+    return scored["id"], scored["complexity_scores"], scored["quality_scores"], load(repo, "selected", tag=tag)["id"]
 
 
 @pytest.fixture(scope="module")
@@ -163,13 +163,102 @@ def test_killed_build_resumes_without_recomputing(tmp_path, pool, scorer, hub, r
     assert _published("deita-test/resumed") == reference
 
 
-def test_machines_split_the_pool_and_merge_checks_every_shard(tmp_path, pool, scorer, hub, reference):
-    recipe = write_recipe(tmp_path, pool, scorer, hub, "deita-test/merged")
-    assert main(["build", "deita", "--config", str(recipe), "--num_shards", "2", "--shard_index", "0"]) == 0
-    assert main(["build", "deita-merge", "--config", str(recipe)]) == 1  # shard 1's rows are missing
-    assert main(["build", "deita", "--config", str(recipe), "--num_shards", "2", "--shard_index", "1"]) == 0
-    assert main(["build", "deita-merge", "--config", str(recipe)]) == 0
-    assert _published("deita-test/merged") == reference
+def _shard_files(work_dir):
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in work_dir.glob("*/shard-*.npz")}
+
+
+def test_local_executor_tasks_publish_the_same_and_a_rerun_redoes_only_unfinished_tasks(tmp_path, pool, scorer, hub,
+                                                                                        reference):
+    # 40 rows in 5 shards of 8 over 4 tasks, 2 at a time: task 0 owns shards 0 and 4, task 1 shard 1, ...
+    recipe = write_recipe(tmp_path, pool, scorer, hub, "deita-test/local",
+                          executor={"kind": "local", "tasks": 4, "workers": 2})
+    assert main(["build", "deita", "--config", str(recipe)]) == 0
+    assert _published("deita-test/local") == reference
+    markers = tmp_path / "work" / "executor" / "tasks" / "completions"
+    assert sorted(p.name for p in markers.iterdir()) == ["00000", "00001", "00002", "00003"]
+
+    # task 1 killed before it finished (no marker, no shard); task 2 marked done, but a shard of it is gone
+    (markers / "00001").unlink()
+    redo = [p for p in _shard_files(tmp_path / "work") if p.name.startswith(("shard-00001-", "shard-00002-"))]
+    for path in redo:
+        path.unlink()
+    kept = _shard_files(tmp_path / "work")
+    assert len(redo) == 4 and len(kept) == 2 * 5 - 4  # shards 1 and 2 of the scores and the embeddings
+    assert main(["build", "deita", "--config", str(recipe), "--output.tag", "v2"]) == 0
+    after = _shard_files(tmp_path / "work")
+    assert {p: after[p] for p in kept} == kept  # the other tasks' shards were not touched
+    assert sorted(set(after) - set(kept)) == sorted(redo)
+    assert _published("deita-test/local", "v2") == reference
+
+
+def test_slurm_executor_submits_a_task_array_and_a_dependent_publishing_job(tmp_path, pool, scorer, hub, reference,
+                                                                            monkeypatch):
+    """No Slurm here: what would go to sbatch is captured, then each job runs as Slurm would run it."""
+    import dill
+    from datatrove.executor import slurm
+
+    submitted = []
+
+    def sbatch(script, retrieve_id, *args):
+        submitted.append((script, args))
+        return str(100 + len(submitted))
+
+    monkeypatch.setattr(slurm, "launch_slurm_job", sbatch)
+    executor = {"kind": "slurm", "tasks": 3, "workers": 2, "partition": "gpu", "time": "02:00:00", "gpus_per_task": 1,
+                "env_command": "source /shared/alignsmith/.venv/bin/activate", "sbatch_args": {"account": "my-lab"}}
+    recipe = write_recipe(tmp_path, pool, scorer, hub, "deita-test/slurm", executor=executor)
+    assert main(["build", "deita", "--config", str(recipe)]) == 0
+    folder = tmp_path / "work" / "executor"
+    (tasks, tasks_args), (stats, _), (final, final_args), _ = submitted
+    for line in ("#SBATCH --array=0-2%2", "#SBATCH --partition=gpu", "#SBATCH --time=02:00:00", "#SBATCH --gpus=1",
+                 "#SBATCH --account=my-lab", "#SBATCH --job-name=alignsmith\n",
+                 "source /shared/alignsmith/.venv/bin/activate",
+                 f"launch_pickled_pipeline {folder / 'tasks' / 'executor.pik'}"):
+        assert line in tasks, line
+    assert "--export=ALL,RUN_OFFSET=0" in tasks_args and "afterok:101" in stats
+    assert "#SBATCH --array=0-0\n" in final and "#SBATCH --job-name=alignsmith-finish" in final
+    assert "--gpus" not in final and f"launch_pickled_pipeline {folder / 'finish' / 'executor.pik'}" in final
+    assert "--dependency=afterok:101" in final_args  # publishing waits for every task
+    assert not list((tmp_path / "work" / "scores").glob("shard-*"))  # nothing ran here
+
+    # each job as Slurm runs it: `launch_pickled_pipeline` loads the executor and runs its array index
+    monkeypatch.setattr(slurm, "expand_slurm_nodelist", lambda nodes: [nodes])
+    for name in ("NODE_RANK", "EXECUTOR", "NODE_IPS", "CPUS_PER_TASK", "MEM_PER_CPU", "GPUS_ON_NODE"):
+        monkeypatch.setenv(f"DATATROVE_{name}", "")  # set by datatrove in the job; restored after the test
+    monkeypatch.setenv("SLURM_NODELIST", "node-1")
+    requeue = signal.getsignal(signal.SIGUSR1)
+    try:
+        for job, indexes in (("tasks", range(3)), ("finish", [0])):
+            for index in indexes:
+                monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(index))
+                with open(folder / job / "executor.pik", "rb") as fh:
+                    dill.load(fh).run()
+    finally:
+        signal.signal(signal.SIGUSR1, requeue)
+    assert _published("deita-test/slurm") == reference
+
+
+def test_ray_executor_runs_the_tasks_on_a_ray_instance_it_starts_and_stops(tmp_path, pool, scorer, hub, reference):
+    import psutil
+    import ray
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    recipe = write_recipe(tmp_path, pool, scorer, hub, "deita-test/ray",
+                          executor={"kind": "ray", "tasks": 2, "num_cpus": 4})
+    assert main(["build", "deita", "--config", str(recipe)]) == 0
+    assert _published("deita-test/ray") == reference
+    assert not ray.is_initialized()
+    deadline = time.monotonic() + 30
+    while (left := {p.pid for p in psutil.Process().children(recursive=True)} - before) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"Ray left processes behind: {left}"
+
+
+def test_old_multi_machine_keys_name_their_replacement(tmp_path, pool, scorer, hub, capsys):
+    recipe = write_recipe(tmp_path, pool, scorer, hub, "deita-test/old-keys", num_shards=2, shard_index=0)
+    assert main(["build", "deita", "--config", str(recipe)]) == 1
+    assert "num_shards: removed; spread the work over machines with `executor: {kind: slurm, tasks: N}`" in (
+        capsys.readouterr().err)
 
 
 def test_two_processes_give_the_same_result_as_one(tmp_path, pool, scorer, hub, reference):
@@ -184,7 +273,7 @@ def test_two_processes_give_the_same_result_as_one(tmp_path, pool, scorer, hub, 
 
 def test_foreign_work_dir_is_refused(tmp_path, pool, scorer, hub):
     recipe = write_recipe(tmp_path, pool, scorer, hub, "deita-test/foreign")
-    assert main(["build", "deita", "--config", str(recipe), "--num_shards", "2", "--shard_index", "0"]) == 0
+    assert main(["build", "deita", "--config", str(recipe), "--selection.budget", "0"]) == 0
     # same work_dir, different scorer settings: the finished shards are not this job's
     assert main(["build", "deita", "--config", str(recipe), "--context", "history"]) == 1
 

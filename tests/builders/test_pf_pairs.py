@@ -165,6 +165,16 @@ def test_same_seed_gives_identical_rows_and_a_killed_run_recomputes_only_its_mis
     assert (resumed_rows, resumed_rejected) == (rows, rejected)
 
 
+def test_executor_tasks_publish_the_same_pairs(built, pool, distorter, hub, tmp_path):
+    # 14 valid records in 4 shards over 3 tasks, one at a time (in this process: the multi-process runs are in
+    # test_deita_build.py and test_pf_rewrite.py)
+    path = write_recipe(tmp_path / "recipe.yaml", pool, distorter, hub, tmp_path / "work",
+                        output={"repo_id": REPO, "tag": "tasks"}, executor={"kind": "local", "tasks": 3, "workers": 1})
+    assert main(["build", "pf-pairs", "--config", path]) == 0
+    for config in ("random_augmentation", "llm_instructed", "rejected"):
+        assert load_dataset(REPO, config, revision="tasks", split="train").to_list() == load(config).to_list(), config
+
+
 def test_another_seed_draws_other_distortions(built, tmp_path):
     path, _ = built
     (rows, _), _ = recomputed(path)

@@ -163,12 +163,13 @@ def test_lineage_names_the_raw_files_and_every_model_at_its_commit(built, models
 def test_a_killed_build_recomputes_only_its_missing_shard(built, tmp_path):
     path, work_dir = built
     recipe = load_recipe(RewriteRecipe, path)
-    inputs, rewriter, vision, work = prepare(recipe)
+    tasks = prepare(recipe)
+    work = tasks.work()
     files = {s: work.store.path(s) for s in range(work.store.num_shards)}
     assert len(files) == 4  # 4 + 4 + 2 records, 3 a shard
     before = {s: (p.stat().st_mtime_ns, p.read_bytes()) for s, p in files.items()}
     files[1].unlink()
-    assert compute_shards(recipe, inputs, work, rewriter, vision) == [1]
+    assert compute_shards(recipe, tasks.input(), work, tasks.rewriter, tasks.vision) == [1]
     after = {s: (p.stat().st_mtime_ns, p.read_bytes()) for s, p in files.items()}
     assert [s for s in files if after[s][0] != before[s][0]] == [1]
     assert after[1][1] == before[1][1]  # greedy: the same rewrites
@@ -176,6 +177,31 @@ def test_a_killed_build_recomputes_only_its_missing_shard(built, tmp_path):
     assert main(["build", "pf-rewrite", "--config", path, "--output.tag", "v2"]) == 0
     for config in ("vqa", "rejected"):
         assert load(config, "v2").to_list() == load(config).to_list()
+
+
+def test_local_executor_tasks_publish_the_same_rows_as_one_process(built, raw, models, hub, tmp_path):
+    path = write_recipe(tmp_path / "recipe.yaml", raw, models, hub, tmp_path / "work", tag="local",
+                        executor={"kind": "local", "tasks": 4, "workers": 2})  # 4 shards: one a task
+    assert main(["build", "pf-rewrite", "--config", path]) == 0
+    configs = get_dataset_config_names(REPO, revision="v1")
+    assert get_dataset_config_names(REPO, revision="local") == configs
+    for config in configs:
+        assert load(config, "local").to_list() == load(config).to_list(), config
+    # every task rewrote and filtered its own shard
+    assert len(list((tmp_path / "work").glob("filters-*/shard-*.npz"))) == 4
+    assert sorted(p.name for p in (tmp_path / "work" / "executor" / "tasks" / "completions").iterdir()) == [
+        "00000", "00001", "00002", "00003"]
+
+
+def test_changed_filter_settings_refilter_without_rewriting(built, tmp_path):
+    path, work_dir = built
+    rewrites = {p: p.stat().st_mtime_ns for p in (work_dir / "rewrite").glob("*.npz")}
+    assert main(["build", "pf-rewrite", "--config", path, "--output.tag", "strict", "--filters.min_chars", "30",
+                 "--multiturn", "null"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (work_dir / "rewrite").glob("*.npz")} == rewrites
+    assert len(list(work_dir.glob("filters-*"))) == 2  # each settings' scores kept apart
+    short = [r for r in load("rejected", "strict") if r["stage"] == "length"]
+    assert short and all(len(json.loads(r["raw"])["output"].strip()) < 30 for r in short)
 
 
 def test_a_source_whose_filter_model_is_absent_is_a_recipe_error(built):

@@ -6,18 +6,16 @@ from the embedded Hub, and against a scripted loopback server for retries and er
 
 from __future__ import annotations
 
+import base64
+import io
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 from huggingface_hub import HfApi
@@ -26,11 +24,12 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, Auto
 
 from alignsmith.models import tiny
 from alignsmith.models.chat import load_chat_model
-from alignsmith.models.generation import ChatModelSpec, DecodingSettings
+from alignsmith.models.generation import ChatModelSpec, Completion, DecodingSettings
 from alignsmith.models.hf_chat import ContextLengthError, HFChatModel, end_of_turn_id
 from alignsmith.models.loading import ModelLoadError
 from alignsmith.models.openai_chat import EndpointChatModel, EndpointError
 from alignsmith.models.vision_chat import HFVisionChatModel, ImageCountError
+from alignsmith.records import IMAGE_PLACEHOLDER
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello there"}],
@@ -112,9 +111,12 @@ def test_reply_matches_plain_generate_and_the_models_first_token_logprobs(chat, 
     assert list(reply.first_token_logprobs.values()) == pytest.approx(top.values.tolist(), abs=1e-5)
 
 
+RAW_PROMPTS = ["### Human: hi\n### Assistant: Sure, here is \"", "Once upon a time", "x"]
+
+
 def test_complete_continues_raw_text_batched_as_alone_and_as_plain_generate(chat, model_dir):
     """Raw prompts (no chat template) share generate's batching: batched == alone == transformers' generate."""
-    prompts = ["### Human: hi\n### Assistant: Sure, here is \"", "Once upon a time", "x"]
+    prompts = RAW_PROMPTS
     batched = chat.complete(prompts, GREEDY)
     alone = [HFChatModel(str(model_dir), batch_size=1).complete([p], GREEDY)[0] for p in prompts]
     assert batched == alone
@@ -334,36 +336,10 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(hub, hub_model, tmp_path_factory) -> Iterator[str]:
-    """``transformers serve`` on loopback, pinned to the Hub model's commit; yields its base URL."""
-    for module in ("fastapi", "uvicorn", "openai"):
-        pytest.importorskip(module, reason="transformers serve needs transformers[serving]")
+def served(serve, hub_model) -> str:
+    """``transformers serve`` on loopback, pinned to the Hub model's commit: its base URL."""
     repo, sha = hub_model
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    command = [str(Path(sys.executable).with_name("transformers")), "serve", f"{repo}@{sha}", "--host", "127.0.0.1",
-               "--port", str(port), "--device", "cpu", "--dtype", "float32"]
-    with open(log, "wb") as out:  # the child inherits HF_ENDPOINT / HF_TOKEN: it reads the embedded Hub
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not come up (exit {server.poll()}):\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    return serve(f"{repo}@{sha}")
 
 
 def test_transformers_serve_replies_match_the_in_process_model(served, hub_model, chat):
@@ -373,6 +349,16 @@ def test_transformers_serve_replies_match_the_in_process_model(served, hub_model
     assert replies == chat.generate(CONVERSATIONS, GREEDY)  # text, finish_reason and token counts
     assert all(r.text and r.finish_reason == "length" for r in replies)
     assert endpoint.identity() == {"kind": "endpoint", "url": served, "model": f"{repo}@{sha}"}
+
+
+def test_transformers_serve_completes_raw_prompts_as_the_in_process_model(served, hub_model, chat):
+    """``/completions`` continues the raw text (no chat template): the same greedy replies as ``complete`` here."""
+    repo, sha = hub_model
+    endpoint = EndpointChatModel(served, f"{repo}@{sha}", batch_size=2, timeout=60)
+    replies = endpoint.complete(RAW_PROMPTS, GREEDY)
+    assert replies == chat.complete(RAW_PROMPTS, GREEDY)  # text, finish_reason and token counts
+    assert all(r.text for r in replies)
+    assert replies[0].text != endpoint.generate([[{"role": "user", "content": RAW_PROMPTS[0]}]], GREEDY)[0].text
 
 
 def test_transformers_serve_refusals_are_endpoint_errors(served, hub_model):
@@ -415,7 +401,7 @@ def scripted() -> Iterator[tuple[str, Script]]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            status, payload, headers = script.next(dict(self.headers), body)
+            status, payload, headers = script.next({**dict(self.headers), ":path": self.path}, body)
             data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
             self.send_response(status)
             for name, value in {"Content-Type": "application/json", **headers}.items():
@@ -460,7 +446,7 @@ def test_requests_carry_the_settings_and_key_and_replies_parse(scripted, monkeyp
 def test_no_repeat_ngram_size_is_refused_before_any_request(scripted):
     url, script = scripted
     settings = [GREEDY, DecodingSettings(max_new_tokens=12, no_repeat_ngram_size=3)]
-    with pytest.raises(EndpointError, match=r"conversation 1: no_repeat_ngram_size=3 .*OpenAI chat API has no such"):
+    with pytest.raises(EndpointError, match=r"conversation 1: no_repeat_ngram_size=3 .*OpenAI API has no such"):
         EndpointChatModel(url, "m").generate(CONVERSATIONS[:2], settings)
     assert script.requests == []
 
@@ -506,3 +492,71 @@ def test_an_unreachable_server_is_retried_then_named():
     with pytest.raises(EndpointError, match=rf"{url}/chat/completions \(model 'm'\): failed after 2 attempts; "
                                             "last: ConnectError"):
         EndpointChatModel(url, "m", max_retries=1, backoff=0.01).generate(CONVERSATIONS[:1], GREEDY)
+
+
+def text_reply(text: str, finish: str = "stop") -> tuple[int, dict, dict]:
+    """A ``/completions`` response."""
+    return 200, {"choices": [{"index": 0, "text": text, "finish_reason": finish}],
+                 "usage": {"prompt_tokens": 7, "completion_tokens": 2}}, {}
+
+
+def test_raw_prompts_go_to_completions_with_the_settings(scripted):
+    url, script = scripted
+    script.responses = [text_reply("go on", "length")]
+    settings = DecodingSettings(temperature=0.7, top_p=0.9, max_new_tokens=5, seed=3)
+    replies = EndpointChatModel(url, "m", batch_size=1).complete(["Once upon", "x"], settings)
+    assert replies == [Completion("go on", "length", 7, 2)] * 2
+    assert [(headers[":path"], body) for headers, body in script.requests] == [
+        ("/v1/completions", {"model": "m", "temperature": 0.7, "top_p": 0.9, "max_tokens": 5, "seed": 3, "prompt": p})
+        for p in ("Once upon", "x")]
+    script.responses = [(400, "prompt too long", {})]
+    with pytest.raises(EndpointError, match=rf"{url}/completions \(model 'm'\): HTTP 400: prompt too long"):
+        EndpointChatModel(url, "m").complete(["x"], GREEDY)
+    with pytest.raises(EndpointError, match=r"prompt 0: no_repeat_ngram_size=3"):
+        EndpointChatModel(url, "m").complete(["x"], DecodingSettings(no_repeat_ngram_size=3))
+
+
+def test_raw_prompts_with_images_go_to_chat_completions_as_text_and_image_parts(scripted):
+    """No OpenAI route continues raw text with images: one user message, images where the placeholders were."""
+    url, script = scripted
+    pictures = [noise(0, (40, 30)), noise(1, (20, 64))]
+    prompt = f"Look: {IMAGE_PLACEHOLDER} and{IMAGE_PLACEHOLDER}\n(Revised Response) "
+    with pytest.raises(EndpointError, match=f"prompt 0: 2 {IMAGE_PLACEHOLDER} placeholder.*but 1 image"):
+        EndpointChatModel(url, "m").complete([prompt], GREEDY, images=[pictures[:1]])
+    assert script.requests == []
+    replies = EndpointChatModel(url, "m").complete([prompt], GREEDY, images=[pictures])
+    assert replies == [Completion("hi", "stop", 7, 2)]
+    ((headers, body),) = script.requests
+    assert headers[":path"] == "/v1/chat/completions"
+    parts = body["messages"][0]["content"]
+    urls = [part.pop("image_url")["url"] for part in parts if part["type"] == "image_url"]
+    assert body == {"model": "m", "temperature": 0.0, "top_p": 1.0, "max_tokens": 12, "seed": 0, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Look: "}, {"type": "image_url"},
+                                     {"type": "text", "text": " and"}, {"type": "image_url"},
+                                     {"type": "text", "text": "\n(Revised Response) "}]}]}
+    prefix = "data:image/png;base64,"
+    assert all(u.startswith(prefix) for u in urls)
+    sent = [Image.open(io.BytesIO(base64.b64decode(u[len(prefix):]))) for u in urls]
+    assert [s.tobytes() for s in sent] == [p.tobytes() for p in pictures]  # lossless, in placeholder order
+
+
+def test_transformers_serve_reads_the_image_parts_where_the_placeholders_were(serve, hub, vlm_dir):
+    """A VLM behind transformers serve gets each raw prompt as one user message of text and image parts: it
+    answers as the in-process model answers that message (the server's chat template wraps it)."""
+    api, repo = HfApi(), "chat-test/tiny-vlm"
+    api.create_repo(repo, exist_ok=True)
+    sha = api.upload_folder(repo_id=repo, folder_path=str(vlm_dir)).oid
+    endpoint = EndpointChatModel(serve(f"{repo}@{sha}"), f"{repo}@{sha}", batch_size=2, timeout=60)
+    replies = endpoint.complete(VISION_PROMPTS[:3], GREEDY, images=VISION_IMAGES[:3])
+    vision = HFVisionChatModel(str(vlm_dir), batch_size=1)
+    messages = [[{"role": "user", "content": prompt}] for prompt in VISION_PROMPTS[:3]]
+    assert replies == vision.generate(messages, GREEDY, images=VISION_IMAGES[:3])
+    assert all(r.text for r in replies)
+
+
+def test_a_work_fingerprint_follows_the_served_model_not_its_address():
+    from alignsmith.models.generation import work_identity
+
+    here, there = (ChatModelSpec(model="org/judge", endpoint=url) for url in ("http://node-1:8000/v1", "http://node-7:8000/v1"))
+    assert work_identity(here) == work_identity(there) == work_identity(ChatModelSpec(model="org/judge"))
+    assert work_identity(here) != work_identity(ChatModelSpec(model="org/other", endpoint="http://node-1:8000/v1"))

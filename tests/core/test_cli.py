@@ -32,13 +32,13 @@ def test_top_level_and_group_help_list_every_command():
 
 @pytest.mark.parametrize("group, name", [(g, n) for g, group in command_groups().items() for n in group.commands])
 def test_every_command_has_help(group, name):
-    done = run_cli(group, name, "--help")
+    words = [group] if name == group else [group, name]  # a group's one command named for it: `alignsmith reproduce`
+    done = run_cli(*words, "--help")
     assert done.returncode == 0, done.stderr
-    assert f"alignsmith {group} {name}" in done.stdout
+    assert f"alignsmith {' '.join(words)}" in done.stdout
 
 
 @pytest.mark.parametrize(("old", "new"), [("data convert", "build convert"), ("deita build", "build deita"),
-                                          ("deita merge", "build deita-merge"),
                                           ("train preferences", "build preferences")])
 def test_old_spellings_still_run_with_a_deprecation_message(tmp_path, old, new):
     done = run_cli(*old.split(), "--config", str(tmp_path / "missing.yaml"))

@@ -4,11 +4,11 @@ import pytest
 from alignsmith.shards import ShardMismatchError, ShardPlan, ShardStore, fingerprint
 
 
-def test_plan_covers_every_row_once_across_machines_and_processes():
+def test_plan_covers_every_row_once_across_tasks_and_processes():
     seen = []
-    for machine in range(3):
+    for task in range(3):
         for process in range(2):
-            plan = ShardPlan(num_rows=103, shard_size=10, num_machines=3, machine_index=machine,
+            plan = ShardPlan(num_rows=103, shard_size=10, num_tasks=3, task_index=task,
                              num_processes=2, process_index=process)
             for shard in plan.mine():
                 seen.extend(plan.rows(shard))
@@ -18,7 +18,7 @@ def test_plan_covers_every_row_once_across_machines_and_processes():
 
 def test_bad_plan_is_refused():
     with pytest.raises(ValueError, match="outside"):
-        ShardPlan(num_rows=5, shard_size=2, num_machines=2, machine_index=2)
+        ShardPlan(num_rows=5, shard_size=2, num_tasks=2, task_index=2)
 
 
 def test_store_resumes_and_refuses_foreign_or_incomplete_work(tmp_path):

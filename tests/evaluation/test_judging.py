@@ -245,3 +245,66 @@ def test_end_to_end_with_a_tiny_hf_model_answering_and_judging(tmp_path, hub):
     assert {(e.dataset_name, e.metric_type, e.metric_value) for e in card.data.eval_results} == {
         ("mt_bench", "score", 7.0), ("mt_bench", "turn_1", 7.0), ("mt_bench", "turn_2", 7.0)}
     assert HfApi().list_repo_refs("judge-test/tiny-chat").tags[0].target_commit == sha  # the tag did not move
+
+
+def test_logprob_rating_is_the_expected_rating_of_the_judges_own_distribution(tmp_path):
+    """Each candidate's score is the judge's log-probability of writing it after the verdict prefix, as a plain
+    forward pass over the whole text gives it; the verdict is their probability-weighted mean rating."""
+    import torch
+
+    from alignsmith.models.hf_chat import HFChatModel
+    from evaluation.mtbench import RATING_CANDIDATES, VERDICT_PREFIX, expected_rating, parse_rating
+
+    judge = HFChatModel(str(build_causal_lm(tmp_path / "judge", seed=5)), dtype="float32", device="cpu")
+    chats = [[{"role": "user", "content": "Rate this answer: 'Paris'."}],
+             [{"role": "system", "content": "Be strict."}, {"role": "user", "content": "Rate: 'two'."}]]
+    scores = judge.continuation_logprobs(chats, VERDICT_PREFIX, RATING_CANDIDATES)
+    tokenizer, model = judge.tokenizer, judge.model
+    for chat, got in zip(chats, scores):
+        text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) + VERDICT_PREFIX
+        context = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        for candidate, value in zip(RATING_CANDIDATES, got):
+            ids = tokenizer(text + candidate, add_special_tokens=False)["input_ids"]
+            assert ids[:context] == tokenizer(text, add_special_tokens=False)["input_ids"]  # no merge across here
+            with torch.inference_mode():
+                logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+            expected = sum(logprobs[j - 1, ids[j]].item() for j in range(context, len(ids)))
+            assert value == pytest.approx(expected, abs=1e-4)
+    assert scores[0] != scores[1]
+
+    probabilities = torch.softmax(torch.tensor(scores[0], dtype=torch.float64), 0).tolist()
+    text = expected_rating(scores[0])
+    assert parse_rating(text) == pytest.approx(sum(p * r for p, r in zip(probabilities, range(1, 11))), abs=0.005)
+    assert 1 <= parse_rating(text) <= 10 and expected_rating([0.0] * 9 + [50.0]).startswith("Rating: [[10.00]]")
+
+
+def test_logprob_rating_judges_every_answer_and_is_cached_apart_from_generated_judgments(tmp_path, hub):
+    from alignsmith.models.hf_chat import HFChatModel
+
+    folder = str(build_causal_lm(tmp_path / "tiny", seed=6, max_position_embeddings=4096))
+    recipe = build(answers.AnswersRecipe, {"model": {"model": folder}, "max_questions": 2,
+                                           "work_dir": str(tmp_path / "answers"),
+                                           "output": {"repo_id": "judge-test/logprob-answers", "tag": "v1"}})
+    answers.run(recipe, load_model=lambda spec: Answerer("turn"))
+    source = {"path": "judge-test/logprob-answers", "config": "answers", "revision": "v1"}
+    judge = Counting(HFChatModel(folder, dtype="float32", device="cpu"))
+    judge.continuation_logprobs = judge.model.continuation_logprobs
+    for tag, rating in (("v1", "logprobs"), ("v2", "generate")):
+        run(build(JudgeRecipe, {"answers": source, "judge": {"model": folder}, "rating": rating,
+                                "work_dir": str(tmp_path / "judge"),
+                                "output": {"repo_id": "judge-test/logprob-judgments", "tag": tag}}),
+            load_model=lambda spec: judge)
+    assert judge.asked == 4  # the generated judgments were not served from the logprob verdicts' cache
+    rows = judgments("judge-test/logprob-judgments", "v1")
+    assert all(rows["parse_ok"]) and all(1 <= s <= 10 for s in rows["score"])  # a random judge: about 5
+    assert all(r.startswith("Rating: [[") and "probabilities of each rating" in r for r in rows["judgment"])
+
+
+def test_logprob_rating_needs_single_grading_and_an_in_process_judge(tmp_path):
+    from alignsmith.recipes import RecipeError
+
+    with pytest.raises(RecipeError, match="rating: 'logprobs' reads the judge's probabilities in this process"):
+        judge_recipe(tmp_path, "o/r", {"path": "a/b"}, rating="logprobs")
+    with pytest.raises(RecipeError, match="rating: 'logprobs' grades mtbench_single only"):
+        judge_recipe(tmp_path, "o/r", {"path": "a/b"}, judge={"model": "a/judge"}, rating="logprobs",
+                     mode="alpaca_pairwise", baseline={"path": "c/d"})

@@ -1,7 +1,15 @@
-"""Shared by the Space tests: real alignsmith releases on the embedded Hub and the app launched over them."""
+"""Shared by the Space tests: the app over the embedded Hub, launched twice.
+
+* ``demo_*``: over what the main job (``recipes/chain/demo.yaml``, every stage for real) publishes:
+  the Space's data as users get it.
+* ``published``/``app_url``/``client``: over small releases published here with known contents, so
+  the app's tables can be checked value by value.
+"""
 
 import io
+import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -143,13 +151,12 @@ def published(hub, tmp_path_factory):
     return config, shas, tmp
 
 
-@pytest.fixture(scope="package")
-def app_url(published):
-    """The app over ``published``, launched on a free loopback port."""
+def _launched(config: SpaceConfig):
+    """The app over ``config``, launched on a free loopback port; yields its URL."""
     from spaces.app import build_demo
     from spaces.source import HubSource
 
-    demo = build_demo(HubSource(published[0]))
+    demo = build_demo(HubSource(config))
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True)
     try:
         yield url
@@ -157,8 +164,49 @@ def app_url(published):
         demo.close()
 
 
-@pytest.fixture(scope="package")
-def client(app_url):
+def _client(url: str):
     from gradio_client import Client
 
-    return Client(app_url, verbose=False, download_files=False, analytics_enabled=False)
+    return Client(url, verbose=False, download_files=False, analytics_enabled=False)
+
+
+@pytest.fixture(scope="package")
+def app_url(published):
+    yield from _launched(published[0])
+
+
+@pytest.fixture(scope="package")
+def client(app_url):
+    return _client(app_url)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="package")
+def demo(hub, tmp_path_factory) -> SpaceConfig:
+    """The main job run on the session's Hub, in a scratch folder holding the repository's ``recipes`` and
+    ``data`` (its paths are relative, as in scripts/demo.sh); the config its ``space push`` step shows."""
+    from alignsmith.recipes import load_recipe
+    from spaces.config import SpaceRecipe
+
+    work = tmp_path_factory.mktemp("demo")
+    for name in ("recipes", "data"):
+        (work / name).symlink_to(ROOT / name)
+    here = os.getcwd()
+    os.chdir(work)
+    try:
+        assert main(["chain", "run", "--config", "recipes/chain/demo.yaml", "--hub", hub.url]) == 0
+        return load_recipe(SpaceRecipe, "recipes/space/push/demo.yaml").show
+    finally:
+        os.chdir(here)
+
+
+@pytest.fixture(scope="package")
+def demo_url(demo):
+    yield from _launched(demo)
+
+
+@pytest.fixture(scope="package")
+def demo_client(demo_url):
+    return _client(demo_url)

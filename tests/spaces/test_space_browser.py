@@ -1,4 +1,5 @@
-"""The Space in a real browser: Debian's chromium driven by Playwright, against the app over the embedded Hub.
+"""The Space in a real browser: Debian's chromium driven by Playwright, against the app over what the main job
+published on the embedded Hub (``demo_url``, see conftest).
 
 No skip: a machine without chromium or Playwright fails here, loudly (``.ci/run`` and ``scripts/test.sh``
 install both). Screenshots are kept under ``runs/test-artifacts/space/`` for a look after the run. Gradio
@@ -11,8 +12,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from datasets import load_dataset
 
-NS = "space-test"  # where tests/spaces/conftest.py publishes
+from spaces.config import RepoAt
+
 ARTIFACTS = Path(__file__).resolve().parents[2] / "runs" / "test-artifacts" / "space"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -27,7 +30,7 @@ def _chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
+def page(demo_url):
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -36,7 +39,7 @@ def page(app_url):
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.requests = []  # every URL the page asked for
         page.on("request", lambda request: page.requests.append(request.url))
-        page.goto(app_url, wait_until="domcontentloaded")
+        page.goto(demo_url, wait_until="domcontentloaded")
         page.get_by_role("tab", name="Leaderboard").wait_for()
         try:
             yield page
@@ -53,18 +56,20 @@ def _shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def test_every_model_revision_is_on_the_leaderboard_and_search_narrows_it(page, published):
-    _, shas, _ = published
-    for name, sha in shas.items():
-        _shows(page, f"{NS}/{name}")
+def test_every_model_revision_is_on_the_leaderboard_and_search_narrows_it(page, demo):
+    ref = RepoAt.parse(demo.results)
+    results = load_dataset(ref.repo_id, revision=ref.revision, split="train")
+    for model, sha in set(zip(results["model"], results["model_sha"])):
+        _shows(page, model)
         _shows(page, sha[:12])
     _shot(page, "leaderboard")
     search = page.get_by_label("Search models")
-    search.fill("tiny-b")
+    search.fill("dpo")
     search.press("Enter")
     # the table's visible cells (the plot keeps every model in its colour legend)
     rows = "() => [...document.querySelectorAll('td')].filter(c => c.checkVisibility()).map(c => c.textContent).join()"
-    page.wait_for_function(f"() => !({rows})().includes('{NS}/tiny-a') && ({rows})().includes('{NS}/tiny-b')")
+    page.wait_for_function(f"() => !({rows})().includes('alignsmith-demo/tiny-sft-random')"
+                           f" && ({rows})().includes('alignsmith-demo/tiny-chain-dpo')")
     _shot(page, "leaderboard-search")
 
 
@@ -80,13 +85,15 @@ def test_side_by_side_shows_both_models_replies(page):
     _shot(page, "side-by-side")
 
 
-def test_the_dataset_explorer_shows_the_pf_set_at_its_tag_with_an_image(page):
+def test_the_dataset_explorer_shows_the_pf_set_at_its_tag_with_an_image(page, demo):
     page.get_by_role("tab", name="Dataset explorer").click()
     page.wait_for_function("value => [...document.querySelectorAll('input')].some(i => i.value === value)",
-                           arg=f"{NS}/pf@v1")  # the PF set, at its tag
+                           arg=demo.pf[0])  # the PF set, at its tag
     page.wait_for_function("() => [...document.querySelectorAll('img')].some(i => i.naturalWidth > 0"
                            " && i.src.includes('/gradio_api/file='))", timeout=60_000)
-    _shows(page, "It is blue.")  # the rewrite of the second row
+    ref = RepoAt.parse(demo.pf[0])
+    first = load_dataset(ref.repo_id, "vqa", revision=ref.revision, split="train")[0]
+    _shows(page, first["id"])  # the first rewritten row of the default source
     _shot(page, "dataset-explorer")
 
 

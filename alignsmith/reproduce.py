@@ -8,6 +8,10 @@ on the same Hub under a fresh tag, so the reproduction is itself a release anyon
 published tag is never touched. The two releases are then compared: datasets row by row (a content
 hash per row and per config), models tensor by tensor, and the numbers their cards report.
 
+An evaluation run appends its rows to a shared results dataset, whose card records no lineage: its
+commit adds the run's own lineage file (:mod:`alignsmith.results`), so given that commit the run is
+re-run the same way, appending to a scratch results dataset, and its rows are compared metric by metric.
+
 Bitwise equality is expected only when the run's libraries, device and CPU threads are those the
 lineage recorded; otherwise floats are compared within a stated tolerance, and the report says why.
 """
@@ -36,16 +40,20 @@ from alignsmith.lineage import (
     ArtifactNotFoundError,
     ArtifactRef,
     Lineage,
+    NoLineageError,
     content_sha256,
     environment,
     pin,
     read_lineage,
 )
 from alignsmith.recipes import RecipeError, build
+from alignsmith.results import ResultsRun, read_run_lineage
 
 DIFFERS_EXIT_CODE = 3
 RTOL, ATOL = 1e-4, 1e-6  # when versions, device or threads differ (float32 sums in another order)
 _RESET_KEYS = ("executor", "cache", "results_repo")  # how and where a run worked, and side outputs: defaults
+_OFF_KEYS = ("model_index",)  # writes into other repos' cards (a model's model-index): never from a reproduction
+_RESULT_KEY = ("model", "model_sha", "benchmark", "metric")  # one measurement of a results run
 _TIMING = ("runtime", "per_second")  # metrics of the machine, not of the artifact
 _STATISTICS = re.compile(r"^## Statistics\n\n\| \| \|\n\|---\|---\|\n((?:\|.*\|\n?)+)", re.MULTILINE)
 
@@ -121,7 +129,8 @@ class Plan:
     sha: str  # the commit of the artifact reproduced
     cmd: Any  # alignsmith.cli.Command
     recipe: Any
-    output: tuple[str, str]  # (scratch repo id, fresh tag)
+    output: tuple[str, str]  # (scratch repo id, fresh tag; none for a results run, which appends untagged)
+    results_file: str | None = None  # a results run: the data file it appended, which is what is reproduced
 
 
 def plan(repo_id: str, repo_type: str, revision: str | None, *, hub: str, hub_root: str | None, scratch: str | None,
@@ -129,32 +138,44 @@ def plan(repo_id: str, repo_type: str, revision: str | None, *, hub: str, hub_ro
     """Read the lineage at ``revision`` and rebuild its run: command, recipe, pins and scratch places."""
     from alignsmith.cli import _resolve, command_groups
 
-    lineage, sha = _read(repo_id, repo_type, revision)
+    lineage, sha, results_file = _read(repo_id, repo_type, revision)
     where = f"{repo_type} {repo_id}@{revision or 'main'}"
     group, _, name = lineage.command.partition(" ")
     cmd = command_groups()[group].commands.get(name) if group in command_groups() else None
     if cmd is None or cmd.recipe is None:
         raise ReproduceError(f"{where}: its lineage names the command {lineage.command!r}, which is "
                              f"{'not a recipe command' if cmd else 'not a command'} of alignsmith {__version__}")
-    report = Report(f"{where} ({sha})", lineage.command)
+    run_of = f", the results run {results_file} its commit appended" if results_file else ""
+    report = Report(f"{where} ({sha}){run_of}", lineage.command)
     data = copy.deepcopy(lineage.recipe)
     report.inputs = _pin_references(data, [*lineage.inputs, *lineage.models])
     recipe_cls = _resolve(cmd.recipe)
-    output = _redirect(data, recipe_cls, repo_id, sha, hub=hub, hub_root=hub_root, scratch=scratch, work_dir=work_dir)
+    output = _redirect(data, recipe_cls, repo_id, sha, results_file is not None, hub=hub, hub_root=hub_root,
+                       scratch=scratch, work_dir=work_dir)
     try:
         recipe = build(recipe_cls, data)
     except RecipeError as err:
         raise ReproduceError(f"{where}: the recipe its lineage records (alignsmith {lineage.alignsmith_version}) no "
                              f"longer parses under alignsmith {__version__}: {err}") from None
-    return Plan(report, lineage, sha, cmd, recipe, output)
+    return Plan(report, lineage, sha, cmd, recipe, output, results_file)
 
 
-def _read(repo_id: str, repo_type: str, revision: str | None) -> tuple[Lineage, str]:
+def _read(repo_id: str, repo_type: str, revision: str | None) -> tuple[Lineage, str, str | None]:
+    """(lineage, commit, None) from the card; else (lineage, commit, data file) of the results run the commit
+    appended, whose lineage is a file of that commit."""
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     where = f"{repo_type} {repo_id}@{revision or 'main'}"
     try:
-        return read_lineage(repo_id, repo_type, revision)  # type: ignore[arg-type]
+        return *read_lineage(repo_id, repo_type, revision), None  # type: ignore[arg-type]
+    except NoLineageError as err:
+        sha = HfApi().repo_info(repo_id, repo_type=repo_type, revision=revision).sha
+        run = read_run_lineage(repo_id, sha) if repo_type == "dataset" else None
+        if run is None:
+            raise ReproduceError(f"{err}, and its commit {sha} appended no results run with a lineage file "
+                                 "(lineage/*.json beside its data/*.parquet)") from None
+        return run[0], sha, run[1]
     except RevisionNotFoundError:
         raise ReproduceError(f"{where}: no such revision (branch, tag or commit)") from None
     except RepositoryNotFoundError:
@@ -228,7 +249,7 @@ def _resolved(ref: ArtifactRef, revision: str | None) -> str | None:
 def _check_local(ref: ArtifactRef, paths: list[Path]) -> str:
     if not paths:
         return f"{ref.role}: local {ref.repo_id} sha256 {ref.sha} (not named by the recipe; not checked)"
-    path = paths[0]
+    path = next((p for p in paths if p.expanduser().exists()), paths[0])  # not a same-named key (a task's name)
     if not path.expanduser().exists():
         raise ReproduceError(f"input {ref.role}: local {path} (sha256 {ref.sha}) no longer resolves: not found from "
                              f"{Path.cwd()}; run reproduce from the folder the recipe ran in")
@@ -239,25 +260,31 @@ def _check_local(ref: ArtifactRef, paths: list[Path]) -> str:
     return f"{ref.role}: local {path} sha256 {ref.sha} (content matches)"
 
 
-def _redirect(data: dict[str, Any], recipe_cls: type, repo_id: str, sha: str, *, hub: str, hub_root: str | None,
-              scratch: str | None, work_dir: Path) -> tuple[str, str]:
-    """Point the recipe at this Hub, scratch folders and a scratch repo with a fresh tag; return (repo, tag).
+def _redirect(data: dict[str, Any], recipe_cls: type, repo_id: str, sha: str, results_run: bool, *, hub: str,
+              hub_root: str | None, scratch: str | None, work_dir: Path) -> tuple[str, str]:
+    """Point the recipe at this Hub, scratch folders and a scratch repo (with a fresh tag); return (repo, tag).
 
     Working folders (``*_dir``) go under ``work_dir`` so nothing done by the recorded run (shards,
-    checkpoints) is reused; how a run was executed, caches and side outputs go back to their defaults.
+    checkpoints) is reused; how a run was executed, caches and side outputs go back to their defaults,
+    and writes into other repos' cards are turned off. A results run appends to a scratch results
+    dataset instead of publishing a release: it has no tag.
     """
     fields = {f.name: f for f in dataclasses.fields(recipe_cls)}
     data.update({key: value for key, value in (("hub", hub), ("hub_root", hub_root)) if key in fields})
+    data.update({key: False for key in _OFF_KEYS if key in fields})
     for key in list(data):
         if key.endswith("_dir"):
             data[key] = str(work_dir / key)
         elif key in _RESET_KEYS and key in fields and _has_default(fields[key]):
             del data[key]
+    namespace, _, name = repo_id.partition("/")
+    target = f"{scratch or namespace + '-reproduce'}/{name}"
+    if results_run and "results_repo" in fields:
+        data["results_repo"] = target
+        return target, ""
     output = data.get("output")
     if not isinstance(output, dict) or "repo_id" not in output:
         raise ReproduceError(f"the recipe of {repo_id} has no output repo to publish the reproduction to")
-    namespace, _, name = repo_id.partition("/")
-    target = f"{scratch or namespace + '-reproduce'}/{name}"
     tag = f"of-{sha[:12]}-{uuid.uuid4().hex[:8]}"
     output.update(repo_id=target, tag=tag, branch="main")
     return target, tag
@@ -467,7 +494,9 @@ def reproduce(repo_id: str, repo_type: str = "dataset", revision: str | None = N
         report = run.report
         rtol, atol = set_mode(report, run.lineage, environment())
         planned(report)
-        run_loaded_recipe(run.cmd, run.recipe)
+        result = run_loaded_recipe(run.cmd, run.recipe)
+    if run.results_file:
+        return _compare_results_run(report, (repo_id, run.sha, run.results_file), result, rtol, atol)
     target, tag = run.output
     new_sha = HfApi().repo_info(target, repo_type=repo_type, revision=tag).sha
     report.reproduction = f"{repo_type} {target}@{tag} ({new_sha})"
@@ -478,6 +507,50 @@ def reproduce(repo_id: str, repo_type: str = "dataset", revision: str | None = N
     return report
 
 
+def _compare_results_run(report: Report, original: tuple[str, str, str], result: Any, rtol: float,
+                         atol: float) -> Report:
+    """The rows the re-run appended against the recorded run's file; ``result`` is what the command returned."""
+    if not isinstance(result, ResultsRun):
+        raise ReproduceError(f"alignsmith {report.command} did not report the results run it appended, so there is "
+                             "nothing to compare")
+    report.reproduction = f"dataset {result.repo_id}@{result.commit_sha} ({result.path_in_repo})"
+    report.checks = compare_results(original, (result.repo_id, result.commit_sha, result.path_in_repo), rtol, atol)
+    return report
+
+
+def compare_results(original: tuple[str, str, str], reproduced: tuple[str, str, str], rtol: float,
+                    atol: float) -> list[Check]:
+    """Each (model, model_sha, benchmark, metric) of two results runs' files: value, n and stderr; the first
+    differing measurement is named."""
+    ours, theirs = (_result_rows(*run) for run in (original, reproduced))
+    what = f"results (metric values: {len(ours)})"
+    if ours.keys() != theirs.keys():
+        missing = [" ".join(map(str, key)) for key in [*ours.keys() - theirs.keys(), *theirs.keys() - ours.keys()]]
+        return [Check(what, "differs", f"measured only in one run: {sorted(missing)[:3]}")]
+    close = 0
+    for key, row in ours.items():
+        other = theirs[key]
+        if row == other:
+            continue
+        if rtol and all(_close(row[c], other[c], rtol, atol) for c in row):
+            close += 1
+            continue
+        column = next(c for c in row if row[c] != other[c])
+        return [Check(what, "differs", f"first differing metric {key[2]}/{key[3]} of {key[0]}@{key[1][:12]}: "
+                                       f"{column} {row[column]} vs {other[column]} in the reproduction")]
+    return [Check(what, "close", f"{close} within tolerance") if close else Check(what, "identical")]
+
+
+def _result_rows(repo_id: str, sha: str, path: str) -> dict[tuple, dict[str, Any]]:
+    """(model, model_sha, benchmark, metric) -> {value, n, stderr} of one results run's file."""
+    import pyarrow.parquet as pq
+    from huggingface_hub import hf_hub_download
+
+    table = pq.read_table(hf_hub_download(repo_id, path, repo_type="dataset", revision=sha))
+    return {tuple(row[k] for k in _RESULT_KEY): {k: row[k] for k in ("value", "n", "stderr")}
+            for row in table.to_pylist()}
+
+
 def cli(argv: Sequence[str]) -> int:
     """``alignsmith reproduce REPO``: exit 0 when identical (or within tolerance), 3 when the artifact differs."""
     parser = argparse.ArgumentParser(prog="alignsmith reproduce", description=(
@@ -485,7 +558,8 @@ def cli(argv: Sequence[str]) -> int:
         f"pinned to the recorded commits, and compare. Exit 0: identical or within tolerance; "
         f"{DIFFERS_EXIT_CODE}: it differs; 1: it cannot be reproduced (the error says why)."))
     parser.add_argument("repo_id")
-    parser.add_argument("--revision", default=None, help="tag, branch or commit (default: main)")
+    parser.add_argument("--revision", default=None, help="tag, branch or commit (default: main); for a results "
+                                                           "dataset, the commit of the run to reproduce")
     parser.add_argument("--repo-type", default="dataset", choices=["dataset", "model"])
     parser.add_argument("--hub", default="local", help="'local', 'huggingface' or a Hub URL")
     parser.add_argument("--hub-root", default=None, help="storage folder of the embedded Hub")

@@ -3,15 +3,18 @@
 Every evaluator (lighteval benchmarks, LLM judges, win rates) reports the same rows: one per model x
 revision sha x benchmark x metric, with the judge and prompt set pinned like the model. A run appends
 one new parquet file in one new commit, so earlier runs' files are never rewritten and any past
-state of the table is a revision of the repo. The evaluated model's card gets the numbers too, as
-the ``model-index`` the Hub and leaderboards read, by a new commit on its main branch (its tags stay
-on the commits they name).
+state of the table is a revision of the repo. The same commit adds the run's lineage beside its file
+(``lineage/<file stem>.json``): the shared card cannot hold every run's, so a run's commit is what
+``alignsmith reproduce`` is given, and it reads the lineage file that commit added. The evaluated
+model's card gets the numbers too, as the ``model-index`` the Hub and leaderboards read, by a new
+commit on its main branch (its tags stay on the commits they name).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import io
+import json
 import logging
 import math
 import uuid
@@ -22,6 +25,7 @@ from alignsmith import __version__
 from alignsmith.cards import card_text
 from alignsmith.errors import AlignsmithError
 from alignsmith.frontmatter import card_metadata
+from alignsmith.lineage import Lineage
 from alignsmith.publish import commit_release
 from alignsmith.recipes import OutputRepo
 
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DATA_GLOB = "data/*.parquet"
+LINEAGE_DIR = "lineage"
 _CARD_COMMIT_ATTEMPTS = 3  # a card edited by someone else between our read and our commit is re-read
 
 
@@ -87,6 +92,10 @@ class ResultsRun:
     date: str
     rows: int
 
+    def summary(self) -> str:
+        """One line naming the run's commit: the revision ``alignsmith reproduce`` takes to re-run it."""
+        return f"{self.rows} result row(s) appended to dataset {self.repo_id} @ {self.commit_sha} ({self.path_in_repo})"
+
 
 def results_features() -> "datasets.Features":
     """The results table's schema, fixed so every run's file concatenates with the others."""
@@ -116,11 +125,13 @@ def append_results(
     run_id: str | None = None,
     date: str | None = None,
     private: bool = False,
+    lineage: Lineage | None = None,
 ) -> ResultsRun:
     """Append one run's rows to the results dataset ``repo_id`` (created if missing) as a new commit.
 
     The rows go to a new file ``data/results-<date>-<run_id>.parquet``; a file of that name already
     in the repo is refused, never replaced. ``load_dataset(repo_id, split="train")`` reads every run.
+    ``lineage`` goes to ``lineage/results-<date>-<run_id>.json`` in the same commit.
     """
     import datasets
     from huggingface_hub import CommitOperationAdd, HfApi
@@ -138,8 +149,37 @@ def append_results(
     buffer = io.BytesIO()
     table.to_parquet(buffer)
     ops = [CommitOperationAdd(path, buffer.getvalue()), CommitOperationAdd("README.md", results_card(repo_id).encode())]
-    release = commit_release(output, "dataset", ops, f"alignsmith results: run {run_id} ({len(rows)} rows)")
+    if lineage is not None:
+        metadata = json.dumps(lineage.portable().to_metadata(), indent=2, sort_keys=True)
+        ops.append(CommitOperationAdd(lineage_path(path), metadata.encode()))
+    made_by = f"{lineage.command} " if lineage is not None else ""  # which evaluator, to find its runs by
+    release = commit_release(output, "dataset", ops, f"alignsmith results: {made_by}run {run_id} ({len(rows)} rows)")
     return ResultsRun(repo_id, release.commit_sha, path, run_id, date, len(rows))
+
+
+def lineage_path(data_path: str) -> str:
+    """Where the lineage of the run whose rows are ``data_path`` lies: ``lineage/<its stem>.json``."""
+    return f"{LINEAGE_DIR}/{data_path.rsplit('/', 1)[-1].removesuffix('.parquet')}.json"
+
+
+def read_run_lineage(repo_id: str, sha: str) -> tuple[Lineage, str] | None:
+    """(lineage, data file) of the run that commit ``sha`` of a results dataset appended; None without lineage.
+
+    The run's own lineage file is the one present at ``sha`` and absent from its parent commit.
+    """
+    from huggingface_hub import HfApi, hf_hub_download
+
+    api = HfApi()
+    commits = api.list_repo_commits(repo_id, repo_type="dataset", revision=sha)
+    before = set(api.list_repo_files(repo_id, repo_type="dataset", revision=commits[1].commit_id)
+                 if len(commits) > 1 else ())
+    added = set(api.list_repo_files(repo_id, repo_type="dataset", revision=sha)) - before
+    runs = [path for path in sorted(added) if path.startswith("data/") and lineage_path(path) in added]
+    if len(runs) != 1:
+        return None
+    text = open(hf_hub_download(repo_id, lineage_path(runs[0]), repo_type="dataset", revision=sha),
+                encoding="utf-8").read()
+    return Lineage.from_metadata(json.loads(text)), runs[0]
 
 
 def _file_stamp(date: str, repo_id: str) -> str:

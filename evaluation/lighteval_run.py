@@ -14,7 +14,6 @@ evaluate those.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re
@@ -30,11 +29,9 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from alignsmith.errors import AlignsmithError
-from alignsmith.lineage import ArtifactRef, pin
-from alignsmith.recipes import HubRecipe, RecipeError, help_text
+from alignsmith.lineage import ArtifactRef, Lineage, pin
+from alignsmith.recipes import HubRecipe, RecipeError, help_text, to_dict
 from alignsmith.results import ResultRow, ResultsRun, append_results, write_model_index
-
-log = logging.getLogger(__name__)
 
 # Open LLM Leaderboard (v1) tasks and shot counts, as reported in the Deita paper. They read their data
 # from huggingface.co; lighteval's prompts and metrics are its own (MMLU is scored by generation), so
@@ -167,13 +164,14 @@ def run(recipe: LightevalRecipe) -> ResultsRun:
     with tempfile.TemporaryDirectory(prefix="alignsmith-lighteval-") as tmp:
         results, counts = evaluate(recipe, model, task_data, Path(tmp))
     rows = result_rows(results, counts, model, task_data)
-    published = append_results(recipe.results_repo, rows, private=recipe.private)
-    log.info("appended %d rows to %s (%s)", len(rows), published.repo_id, published.path_in_repo)
+    lineage = Lineage(command="eval lighteval", recipe=to_dict(recipe), inputs=list(task_data.values()), models=[model])
+    published = append_results(recipe.results_repo, rows, private=recipe.private, lineage=lineage)
     if recipe.model_index and model.repo_type == "model":
         write_model_index(model.repo_id, model.sha, rows)
     for row in rows:
         print(f"{row.model}@{row.model_sha[:12]} {row.benchmark} {row.metric} = {row.value:.4f}"
               + (f" ± {row.stderr:.4f}" if row.stderr is not None else "") + f" (n={row.n})")
+    print(published.summary())
     return published
 
 

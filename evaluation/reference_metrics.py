@@ -23,11 +23,11 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Iterable, Literal, Sequence
 
 import numpy as np
 
-from alignsmith.recipes import HubRecipe, RecipeError, help_text
+from alignsmith.recipes import HubRecipe, RecipeError, help_text, to_dict
 from alignsmith.sources import DatasetSource
 from evaluation.inputs import EvalInputError, require
 from evaluation.pope import pope_label, pope_metrics
@@ -75,6 +75,8 @@ class MetricsRecipe(HubRecipe):
     batch_size: int = help_text("Pairs per model call.", default=16, minimum=1)
     results_repo: str = help_text("Results dataset repo id the rows are appended to (and the model's model-index).")
     private: bool = help_text("Create the results dataset as private if it does not exist.", default=False)
+    model_index: bool = help_text("Also merge the results into the answering model's card model-index.",
+                                  default=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -212,13 +214,15 @@ def win_rate(ours: Sequence[float], theirs: Sequence[float]) -> tuple[float, int
 
 @dataclass(frozen=True)
 class Measured:
-    """One number and what measured it (``scorer`` None for a model-free metric such as ROUGE-L)."""
+    """One number and what measured it (``scorer`` None for a model-free metric such as ROUGE-L), and the
+    answers it was compared with, if another dataset's (``opponent``)."""
 
     metric: str
     value: float
     n: int
     stderr: float | None = None
     scorer: ArtifactRef | None = None
+    opponent: ArtifactRef | None = None
 
 
 def measure_vqa_nli(recipe: MetricsRecipe, rows: Sequence[Answer]) -> list[Measured]:
@@ -254,16 +258,17 @@ def measure_reward_winrate(recipe: MetricsRecipe, rows: Sequence[Answer]) -> lis
     from alignsmith.models.scorers import RewardScorer
 
     if recipe.opponent == REFERENCE:
-        rows, name = with_reference(rows, "reward_winrate"), "reward_win_rate"
+        rows, name, against = with_reference(rows, "reward_winrate"), "reward_win_rate", None
         theirs = [r.reference for r in rows]
     else:
         opponent = read_answer_set(recipe.opponent, "opponent")
         theirs, name = [o.answer for o in match_opponent(rows, opponent.rows)], f"reward_win_rate_vs_{opponent.model}"
+        against = opponent.ref
     reward = RewardScorer(recipe.reward_model.model, revision=recipe.reward_model.revision, device=recipe.device,
                           batch_size=recipe.batch_size)
     questions = [r.question for r in rows]
     ours = reward.scores(questions, [r.answer for r in rows])
-    return [Measured(name, *win_rate(ours, reward.scores(questions, theirs)), reward.model_ref),
+    return [Measured(name, *win_rate(ours, reward.scores(questions, theirs)), reward.model_ref, against),
             Measured("reward_mean", *mean_stderr(ours), reward.model_ref)]
 
 
@@ -297,6 +302,7 @@ def result_rows(answers: AnswerSet, measured: Sequence[Measured], benchmark: str
 
 def run(recipe: MetricsRecipe) -> ResultsRun:
     """``eval metrics``: every listed metric of the answers, appended to the results dataset and model card."""
+    from alignsmith.lineage import Lineage
     from alignsmith.results import append_results, write_model_index
 
     answers = read_answer_set(recipe.answers, "answers")
@@ -308,7 +314,16 @@ def run(recipe: MetricsRecipe) -> ResultsRun:
     for row in rows:
         stderr = f" ± {row.stderr:.4f}" if row.stderr is not None else ""
         print(f"{row.model} {row.benchmark} {row.metric:<28} {row.value:.4f}{stderr}  (n={row.n})")
-    published = append_results(recipe.results_repo, rows, private=recipe.private)
-    write_model_index(answers.model, answers.model_sha, rows)
-    log.info("%d result row(s) appended to %s @ %s", len(rows), published.repo_id, published.commit_sha[:12])
+    lineage = Lineage(command="eval metrics", recipe=to_dict(recipe),
+                      inputs=[answers.ref, *_distinct(m.opponent for m in measured)],
+                      models=_distinct(m.scorer for m in measured))
+    published = append_results(recipe.results_repo, rows, private=recipe.private, lineage=lineage)
+    if recipe.model_index:
+        write_model_index(answers.model, answers.model_sha, rows)
+    print(published.summary())
     return published
+
+
+def _distinct(refs: Iterable[ArtifactRef | None]) -> list[ArtifactRef]:
+    """Each ref once (a scoring model measures several numbers), in order."""
+    return list({(ref.role, ref.repo_id, ref.sha): ref for ref in refs if ref is not None}.values())

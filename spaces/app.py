@@ -150,7 +150,7 @@ def build_demo(source: HubSource) -> gr.Blocks:
             gr.Markdown("### Score against training data\nEach model's training dataset (from its lineage), the "
                         "selection strategy that made it, and its training rows (from its card).")
             scores = data.score_columns(board)
-            score = gr.Dropdown(scores, value=scores[0] if scores else None, label="Score (benchmark/metric)")
+            score = gr.Dropdown(scores, value=data.widest_score(board), label="Score (benchmark/metric)")
             training = gr.Dataframe(label="Training data and scores", interactive=False, wrap=True)
             training_plot = gr.ScatterPlot(x="training_rows", y="value", color="strategy",
                                            label="Score against training rows",

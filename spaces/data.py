@@ -43,6 +43,12 @@ def score_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c not in KEY_COLUMNS]
 
 
+def widest_score(table: pd.DataFrame) -> str | None:
+    """The score measured for the most model@sha rows (the first such column on a tie): the one to plot first."""
+    scores = score_columns(table)
+    return max(scores, key=lambda column: table[column].notna().sum()) if scores else None
+
+
 def filter_leaderboard(table: pd.DataFrame, search: str = "", chosen: Sequence[str] = ()) -> pd.DataFrame:
     """Rows whose model or sha contains ``search`` (any case); only the columns of the ``chosen`` benchmarks
     (all when none are chosen)."""

@@ -14,10 +14,10 @@ from huggingface_hub.repocard import REGEX_YAML_BLOCK
 from alignsmith.cards import card_text
 from alignsmith.cli import main
 from alignsmith.frontmatter import card_metadata
-from alignsmith.lineage import LINEAGE_KEY, Lineage, environment, read_lineage
+from alignsmith.lineage import LINEAGE_KEY, ArtifactRef, Lineage, content_sha256, environment, read_lineage
 from alignsmith.publish import commit_release
 from alignsmith.recipes import OutputRepo
-from alignsmith.reproduce import DIFFERS_EXIT_CODE, Report, _compare_tensors, set_mode
+from alignsmith.reproduce import DIFFERS_EXIT_CODE, Report, _compare_tensors, _pin_references, set_mode
 
 ROOT = Path(__file__).resolve().parents[2]
 POOL = ROOT / "data/hh_rlhf/pool.jsonl"
@@ -165,6 +165,14 @@ def test_a_recipe_that_no_longer_parses_names_the_key(hub, deita, org, capsys):
     err = capsys.readouterr().err
     assert "the recipe its lineage records (alignsmith 0.1.0) no longer parses" in err
     assert "selection: unknown key 'budgt' (did you mean 'budget'?)" in err
+
+
+def test_a_local_input_is_checked_at_the_path_the_recipe_names_not_at_a_key_of_the_same_name(in_repo_root):
+    """recipes/eval/lighteval/tiny.yaml: task ``name: tiny_mc`` reads ``repo: data/eval/tiny_mc``."""
+    folder = "data/eval/tiny_mc"
+    ref = ArtifactRef("tasks[tiny_mc]", "tiny_mc", "local", None, content_sha256(ROOT / folder))
+    lines = _pin_references({"tasks": [{"name": "tiny_mc", "repo": folder}]}, [ref])
+    assert lines == [f"tasks[tiny_mc]: local {folder} sha256 {ref.sha} (content matches)"]
 
 
 def test_other_versions_device_or_threads_compare_within_a_stated_tolerance():

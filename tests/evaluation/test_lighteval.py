@@ -1,17 +1,20 @@
 """lighteval 0.13 on a tiny model at two tags, over a multiple-choice dataset published on the embedded Hub."""
 
+import json
 import uuid
 
 import datasets
 import pytest
 import torch
-from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import HfApi, ModelCard, hf_hub_download
 
 from alignsmith.cards import CardContent, model_card
+from alignsmith.cli import main
 from alignsmith.lineage import Lineage, content_sha256
 from alignsmith.models.tiny import build_causal_lm
 from alignsmith.publish import publish_dataset, publish_folder
 from alignsmith.recipes import OutputRepo, RecipeError, build
+from alignsmith.results import lineage_path
 from evaluation.lighteval_run import LEADERBOARD_TASKS, HubTask, LightevalError, LightevalRecipe, import_lighteval, run
 
 QUESTIONS = [
@@ -78,10 +81,27 @@ def test_two_tags_give_rows_with_their_shas_in_the_results_dataset_and_the_model
         assert by_sha[r["model_sha"]].metric_value == r["value"] and by_sha[r["model_sha"]].dataset_revision == data_sha
     assert {t.name: t.target_commit for t in HfApi().list_repo_refs(model).tags} == shas
 
-    results_files = set(HfApi().list_repo_files(results, repo_type="dataset")) - {"README.md", ".gitattributes"}
-    assert len(results_files) == 2
-    assert all(f.startswith("data/results-") and f.endswith(".parquet") for f in results_files)
+    data_files = {f for f in HfApi().list_repo_files(results, repo_type="dataset") if f.startswith("data/")}
+    assert len(data_files) == 2 and all(f.startswith("data/results-") and f.endswith(".parquet") for f in data_files)
+    for path in data_files:  # each run's lineage beside its rows: the model and task data it pinned
+        text = open(hf_hub_download(results, lineage_path(path), repo_type="dataset"), encoding="utf-8").read()
+        lineage = Lineage.from_metadata(json.loads(text))
+        assert lineage.command == "eval lighteval" and lineage.models[0].sha in shas.values()
+        assert [(ref.role, ref.sha) for ref in lineage.inputs] == [("tasks[alignsmith_toy_mc]", data_sha)]
     assert set(HfApi().list_repo_files(model)) == set(HfApi().list_repo_files(model, revision="v1"))  # README only
+
+
+def test_a_run_reproduces_identically_from_its_results_commit_without_touching_the_model_card(hub, published,
+                                                                                              capsys):
+    model, shas, data, _ = published
+    results = unique("results")
+    run_sha = run(recipe(model, "v1", data, results)).commit_sha
+    card = HfApi().repo_info(model).sha
+    assert main(["reproduce", results, "--revision", run_sha, "--hub", hub.url]) == 0
+    out = capsys.readouterr().out
+    assert "alignsmith eval lighteval" in out and f"model: model {model} @ {shas['v1']} (pinned)" in out
+    assert "identical results (metric values: 1)" in out and "result: IDENTICAL" in out
+    assert HfApi().repo_info(model).sha == card and HfApi().repo_info(results, repo_type="dataset").sha == run_sha
 
 
 def test_a_local_model_folder_is_left_as_it_was(published, tmp_path):

@@ -35,6 +35,13 @@ def test_leaderboard_has_one_row_per_model_revision_and_a_column_per_metric():
     assert data.leaderboard(RESULTS.iloc[:0]).empty
 
 
+def test_the_first_score_plotted_is_the_one_most_models_have():
+    assert data.widest_score(data.leaderboard(RESULTS)) == "mt_bench/score"  # two each: the first column
+    more = pd.concat([RESULTS, pd.DataFrame([_row("org/c", "c1", "tiny_mc", "acc", 0.75)])])
+    assert data.widest_score(data.leaderboard(more)) == "tiny_mc/acc"
+    assert data.widest_score(data.leaderboard(RESULTS.iloc[:0])) is None
+
+
 def test_filter_by_search_and_benchmarks():
     table = data.leaderboard(RESULTS)
     assert list(data.filter_leaderboard(table, "ORG/A").model_sha) == ["a1", "a2"]

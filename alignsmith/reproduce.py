@@ -47,7 +47,7 @@ from alignsmith.lineage import (
     read_lineage,
 )
 from alignsmith.recipes import RecipeError, build
-from alignsmith.results import ResultsRun, read_run_lineage
+from alignsmith.results import read_run_lineage
 
 DIFFERS_EXIT_CODE = 3
 RTOL, ATOL = 1e-4, 1e-6  # when versions, device or threads differ (float32 sums in another order)
@@ -277,17 +277,24 @@ def _redirect(data: dict[str, Any], recipe_cls: type, repo_id: str, sha: str, re
             data[key] = str(work_dir / key)
         elif key in _RESET_KEYS and key in fields and _has_default(fields[key]):
             del data[key]
-    namespace, _, name = repo_id.partition("/")
-    target = f"{scratch or namespace + '-reproduce'}/{name}"
-    if results_run and "results_repo" in fields:
-        data["results_repo"] = target
-        return target, ""
     output = data.get("output")
+    if results_run and "results_repo" in fields:
+        data["results_repo"] = _scratch(repo_id, scratch)
+        if isinstance(output, dict) and "repo_id" in output:  # a release beside the rows (a judge's judgments)
+            output.update(repo_id=_scratch(output["repo_id"], scratch), tag=f"of-{sha[:12]}-{uuid.uuid4().hex[:8]}",
+                          branch="main")
+        return data["results_repo"], ""
     if not isinstance(output, dict) or "repo_id" not in output:
         raise ReproduceError(f"the recipe of {repo_id} has no output repo to publish the reproduction to")
     tag = f"of-{sha[:12]}-{uuid.uuid4().hex[:8]}"
-    output.update(repo_id=target, tag=tag, branch="main")
-    return target, tag
+    output.update(repo_id=_scratch(repo_id, scratch), tag=tag, branch="main")
+    return output["repo_id"], tag
+
+
+def _scratch(repo_id: str, scratch: str | None) -> str:
+    """Where the reproduction of ``repo_id`` goes: the same name in the scratch namespace."""
+    namespace, _, name = repo_id.partition("/")
+    return f"{scratch or namespace + '-reproduce'}/{name}"
 
 
 def _has_default(f: dataclasses.Field) -> bool:
@@ -494,9 +501,9 @@ def reproduce(repo_id: str, repo_type: str = "dataset", revision: str | None = N
         report = run.report
         rtol, atol = set_mode(report, run.lineage, environment())
         planned(report)
-        result = run_loaded_recipe(run.cmd, run.recipe)
+        run_loaded_recipe(run.cmd, run.recipe)
     if run.results_file:
-        return _compare_results_run(report, (repo_id, run.sha, run.results_file), result, rtol, atol)
+        return _compare_results_run(report, (repo_id, run.sha, run.results_file), run.output[0], rtol, atol)
     target, tag = run.output
     new_sha = HfApi().repo_info(target, repo_type=repo_type, revision=tag).sha
     report.reproduction = f"{repo_type} {target}@{tag} ({new_sha})"
@@ -507,14 +514,19 @@ def reproduce(repo_id: str, repo_type: str = "dataset", revision: str | None = N
     return report
 
 
-def _compare_results_run(report: Report, original: tuple[str, str, str], result: Any, rtol: float,
+def _compare_results_run(report: Report, original: tuple[str, str, str], scratch: str, rtol: float,
                          atol: float) -> Report:
-    """The rows the re-run appended against the recorded run's file; ``result`` is what the command returned."""
-    if not isinstance(result, ResultsRun):
-        raise ReproduceError(f"alignsmith {report.command} did not report the results run it appended, so there is "
-                             "nothing to compare")
-    report.reproduction = f"dataset {result.repo_id}@{result.commit_sha} ({result.path_in_repo})"
-    report.checks = compare_results(original, (result.repo_id, result.commit_sha, result.path_in_repo), rtol, atol)
+    """The run the re-run appended to the scratch results dataset (its newest commit, found by its lineage file,
+    whatever the command returns) against the recorded run's file."""
+    from huggingface_hub import HfApi
+
+    sha = HfApi().repo_info(scratch, repo_type="dataset").sha
+    appended = read_run_lineage(scratch, sha)
+    if appended is None:
+        raise ReproduceError(f"alignsmith {report.command} appended no results run with its lineage to {scratch}, so "
+                             "there is nothing to compare")
+    report.reproduction = f"dataset {scratch}@{sha} ({appended[1]})"
+    report.checks = compare_results(original, (scratch, sha, appended[1]), rtol, atol)
     return report
 
 

@@ -93,6 +93,8 @@ class JudgeRecipe(HubRecipe):
         "alignsmith.results); answers from an endpoint have no model sha and are left out, with a warning.",
         default=None,
     )
+    model_index: bool = help_text("With results_repo: also merge the scores into each judged model's card "
+                                  "model-index.", default=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -302,12 +304,12 @@ def run(recipe: JudgeRecipe, load_model: ModelLoader = load_chat) -> Judged:
                       models=[judge_ref] if judge_ref else [])
     release = _publish(recipe, published, summary, lineage, name, failed)
     if recipe.results_repo:
-        _publish_results(recipe, published, summary, identity, release)
+        _publish_results(recipe, published, summary, identity, release, lineage)
     return Judged(release, summary, calls, failed)
 
 
 def _publish_results(recipe: JudgeRecipe, published: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]],
-                     identity: JudgeIdentity, judgments: Release) -> None:
+                     identity: JudgeIdentity, judgments: Release, lineage: Lineage) -> None:
     """The aggregate as results rows (one per model and metric), appended and written into each model's card.
 
     ``prompt_set`` is the judgments dataset at its commit: it pins the answers, the prompts and the raw
@@ -342,8 +344,8 @@ def _publish_results(recipe: JudgeRecipe, published: Sequence[dict[str, Any]], s
                 prompt_set=judgments.repo_id, prompt_set_sha=judgments.commit_sha))
     if not rows:
         return
-    append_results(recipe.results_repo, [row for group in rows.values() for row in group])
-    for (model, sha), group in rows.items():
+    append_results(recipe.results_repo, [row for group in rows.values() for row in group], lineage=lineage)
+    for (model, sha), group in rows.items() if recipe.model_index else ():
         write_model_index(model, sha, group)
 
 

@@ -123,3 +123,45 @@ def test_results_runs_compare_metric_by_metric(published):
         " vs 0.0 in the reproduction")
     assert [c.status for c in compare_results(original, nudged, RTOL, ATOL)] == ["close"]
     assert [c.status for c in compare_results(original, nudged, 0.0, 0.0)] == ["differs"]
+
+
+def test_a_judge_run_reproduces_its_scores_and_its_judgments_beside_them(hub, tmp_path, capsys):
+    """An `eval judge` run appends its scores and publishes its judgments: reproducing the results commit re-runs the
+    judge (a real tiny model, verdicts read from its probabilities: deterministic) into scratch repos for both."""
+    from alignsmith.models.tiny import build_causal_lm
+
+    org = f"repro-judge-{secrets.token_hex(3)}"
+    folder = build_causal_lm(tmp_path / "judge", seed=7, max_position_embeddings=4096)
+    api = HfApi()
+    api.create_repo(f"{org}/judge")
+    api.create_tag(f"{org}/judge", tag="v1", revision=api.upload_folder(repo_id=f"{org}/judge",
+                                                                       folder_path=str(folder)).oid)
+    chat_sha = commit_release(OutputRepo(repo_id=f"{org}/chat", tag="v1"), "model",
+                              [CommitOperationAdd("README.md", b"# chat\n")], "a model").commit_sha
+    rows = [{"question_id": "81", "turn": 1, "category": "writing", "answer": "Steam rises, calm.",
+             "model": f"{org}/chat", "model_sha": chat_sha,
+             "messages": [{"role": "user", "content": "Write a haiku about tea."}]}]
+    publish_dataset(OutputRepo(repo_id=f"{org}/answers", tag="v1"), {"answers": {"train": Dataset.from_list(rows)}},
+                    CardContent(title="answers", summary="answers"), Lineage(command="test", recipe={}),
+                    default_config="answers")
+    recipe = tmp_path / "judge.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "hub": hub.url, "answers": {"path": f"{org}/answers", "config": "answers", "revision": "v1"},
+        "judge": {"model": f"{org}/judge", "revision": "v1", "dtype": "float32"}, "rating": "logprobs",
+        "work_dir": str(tmp_path / "work"), "output": {"repo_id": f"{org}/judgments", "tag": "v1"},
+        "results_repo": f"{org}/results"}))
+    assert main(["eval", "judge", "--config", str(recipe)]) == 0
+    run, chat_head = head(f"{org}/results", "dataset"), head(f"{org}/chat")
+    assert chat_head != chat_sha  # the run merged its scores into the model's card
+    capsys.readouterr()
+    assert main(["reproduce", f"{org}/results", "--revision", run, "--hub", hub.url]) == 0
+    out = capsys.readouterr().out
+    assert "alignsmith eval judge" in out and "identical results (metric values: 2)" in out  # score and turn_1
+    assert f"judge: model {org}/judge @ " in out and "result: IDENTICAL" in out
+    (tag,) = [t.name for t in api.list_repo_refs(f"{org}-reproduce/judgments", repo_type="dataset").tags]
+    again = Dataset.from_parquet(hf_hub_download(f"{org}-reproduce/judgments", "judgments/train-00000-of-00001.parquet",
+                                                 repo_type="dataset", revision=tag))
+    first = Dataset.from_parquet(hf_hub_download(f"{org}/judgments", "judgments/train-00000-of-00001.parquet",
+                                                 repo_type="dataset", revision="v1"))
+    assert again["judgment"] == first["judgment"] and head(f"{org}/results", "dataset") == run
+    assert head(f"{org}/chat") == chat_head  # the reproduction wrote no model-index

@@ -22,7 +22,7 @@ import numpy as np
 
 from alignsmith.errors import AlignsmithError
 from alignsmith.lineage import ArtifactRef, load_revision
-from alignsmith.models.batching import context_length, length_sorted_batches, pad_id
+from alignsmith.models.batching import context_length, length_sorted_batches, pad_id, right_pad
 from alignsmith.models.generation import Completion, DecodingSettings, Message, per_row
 from alignsmith.models.loading import ModelLoadError, PinnedModel, has_file, is_adapter, load_pretrained, pinned
 
@@ -143,15 +143,9 @@ class HFChatModel(PinnedModel):
                                          f"with its verdict, and the model's context is {self.context}")
             shared = next((i for i in range(min(len(r) for r in rows)) if len({r[i] for r in rows}) > 1),
                           min(len(r) for r in rows))
-            input_ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-            attention_mask = torch.zeros_like(input_ids)
-            for i, row in enumerate(rows):
-                input_ids[i, : len(row)] = torch.as_tensor(row)
-                attention_mask[i, : len(row)] = 1
+            input_ids, _ = right_pad(rows, self.pad, self.model.device)  # no mask needed: padding comes after
             with torch.inference_mode():  # logits from the last shared token on: the ones that predict candidates
-                logits = self.model(input_ids=input_ids.to(self.model.device),
-                                    attention_mask=attention_mask.to(self.model.device),
-                                    logits_to_keep=width - shared + 1).logits.float()
+                logits = self.model(input_ids=input_ids, use_cache=False, logits_to_keep=width - shared + 1).logits.float()
             logprobs = torch.log_softmax(logits, dim=-1)
             scores.append([sum(logprobs[i, j - shared, row[j]].item() for j in range(shared, len(row)))
                            for i, row in enumerate(rows)])

@@ -10,8 +10,6 @@ run once every task has finished.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from typing import Any, Sequence
 
@@ -53,19 +51,6 @@ def pin_models(recipe: DeitaRecipe) -> Models:
     )
 
 
-def records_fingerprint(records: Sequence[dict[str, Any]]) -> str:
-    """A hash of exactly what the models see (ids and messages, in order).
-
-    The pool's commit sha or file hash is not enough: another split, config, ``columns`` mapping or
-    ``format`` of the same source gives other conversations, often under the same generated ids.
-    """
-    digest = hashlib.sha256()
-    for record in records:
-        digest.update(json.dumps([record["id"], record["messages"]], sort_keys=True, ensure_ascii=False).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()[:32]
-
-
 class Work:
     """The shard stores of one build: scores, embeddings and (for perplexity/IFD) difficulty."""
 
@@ -73,7 +58,7 @@ class Work:
                  num_processes: int = 1, process_index: int = 0):
         self.plan = ShardPlan(len(pool.records), recipe.shard_size, num_tasks, task_index, num_processes,
                               process_index)
-        base = {"records": records_fingerprint(pool.records), "shard_size": recipe.shard_size}
+        base = {"records": pool.fingerprint, "shard_size": recipe.shard_size}
         scoring = {**base, "complexity": [to_dict(recipe.complexity_scorer), models.complexity.sha],
                    "quality": [to_dict(recipe.quality_scorer), models.quality.sha],
                    "context": recipe.context, "truncation": recipe.truncation, "on_invalid": recipe.on_invalid}

@@ -6,7 +6,10 @@ share one definition of each.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,20 @@ class Pool:
     records: list[dict[str, Any]]
     rejected: list[dict[str, Any]]
     ref: ArtifactRef
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A hash of exactly what the models see (ids and messages, in order), computed once per loaded pool
+        however many tasks' shard stores check it.
+
+        The pool's commit sha or file hash is not enough: another split, config, ``columns`` mapping or
+        ``format`` of the same source gives other conversations, often under the same generated ids.
+        """
+        digest = hashlib.sha256()
+        for record in self.records:
+            digest.update(json.dumps([record["id"], record["messages"]], sort_keys=True, ensure_ascii=False).encode())
+            digest.update(b"\n")
+        return digest.hexdigest()[:32]
 
 
 @dataclass

@@ -29,6 +29,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -92,6 +93,11 @@ class Pairs:
     candidates: list[Candidate]
     ref: ArtifactRef
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """:func:`_candidates_fingerprint`, computed once however many tasks' shard stores check it."""
+        return _candidates_fingerprint(self.candidates)
+
 
 def _source_rows(converted: ConversionResult) -> list[int]:
     """Source row of each valid record (records keep source order; rejected rows are the gaps)."""
@@ -146,7 +152,7 @@ class Work:
     def __init__(self, recipe: PairsRecipe, pairs: Pairs, distorter: ArtifactRef | None, *, num_tasks: int = 1,
                  task_index: int = 0) -> None:
         self.plan = ShardPlan(len(pairs.converted.records), recipe.shard_size, num_tasks, task_index)
-        base = {"candidates": _candidates_fingerprint(pairs.candidates), "shard_size": recipe.shard_size,
+        base = {"candidates": pairs.fingerprint, "shard_size": recipe.shard_size,
                 "seed": recipe.seed}
         specs = {"random_augmentation": base,
                  "llm_instructed": {**base, "distorter": [work_identity(recipe.distorter) if recipe.distorter else None,

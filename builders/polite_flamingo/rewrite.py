@@ -33,6 +33,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,11 @@ class Inputs:
     converted: dict[str, Converted]
     refs: list[ArtifactRef]
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """:func:`_records_fingerprint`, computed once however many tasks' shard stores check it."""
+        return _records_fingerprint(self.records)
+
 
 def _source_rows(converted: Converted) -> list[int]:
     """Row index of each record: records keep input order, rejected rows (with an index) are the gaps."""
@@ -188,7 +194,7 @@ class Work:
     def __init__(self, recipe: RewriteRecipe, inputs: Inputs, rewriter: ArtifactRef | None,
                  filter_refs: dict[str, ArtifactRef], *, num_tasks: int = 1, task_index: int = 0) -> None:
         self.plan = ShardPlan(len(inputs.records), recipe.shard_size, num_tasks, task_index)
-        spec = {"records": _records_fingerprint(inputs.records), "shard_size": recipe.shard_size,
+        spec = {"records": inputs.fingerprint, "shard_size": recipe.shard_size,
                 "rewriter": [work_identity(recipe.rewriter), rewriter.sha if rewriter else None],
                 "decoding": to_dict(recipe.decoding)}
         rewrites = fingerprint(spec)
